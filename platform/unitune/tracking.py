@@ -1,0 +1,268 @@
+"""Every MLflow call of unitune: a thin layer over ``mlflow.MlflowClient``.
+
+Runs are addressed by explicit run ids; nothing here touches MLflow's global
+"active run" state, so a driver and many trial processes can log to the same store.
+
+Non-finite metric values are logged, never dropped. NaN is stored as NaN. An infinite
+value is passed to the store as is; the SQL stores replace it with ±1.797e308 (the
+largest float, which still sorts after every finite value), so the key is also tagged
+``unitune.inf.<key> = +inf|-inf`` and :meth:`Tracker.get_metrics` maps it back to ±inf.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from unitune.errors import UserError
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+INF_TAG_PREFIX = "unitune.inf."
+PARENT_TAG = "mlflow.parentRunId"
+_BATCH = 100  # MLflow's per-request limit on params and tags (metrics: 1000)
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
+    """Make a local store URI absolute, so trial processes with another cwd reach it.
+
+    ``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db``; a plain path or ``file:rel`` ->
+    ``file:///abs``; server URIs (http, https, databricks, ...) are returned unchanged.
+    ``base_dir`` defaults to the current working directory.
+    """
+    base = Path(base_dir or os.getcwd())
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path.startswith(":memory:") or Path(path).is_absolute():
+            return uri
+        return "sqlite:///" + str((base / path).resolve())
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and sys.platform == "win32"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return (base / path).resolve().as_uri()
+    return uri
+
+
+def is_local_store(uri: str) -> bool:
+    """True for stores only this machine can open: sqlite databases and file paths."""
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file", "sqlite")
+
+
+def is_remote_ray_address(address: str | None) -> bool:
+    """True when Ray workers may live on other machines than this process.
+
+    ``None``/``"local"`` (an embedded cluster) and ``"auto"`` or a loopback host (a
+    cluster started on this machine) count as local; ``ray://host:port`` or
+    ``host:port`` with another host count as remote.
+    """
+    if address in (None, "", "local", "auto"):
+        return False
+    netloc = address.split("://", 1)[1] if "://" in address else address
+    host = netloc.rsplit(":", 1)[0].strip("[]") if ":" in netloc else netloc
+    return host not in _LOCAL_HOSTS
+
+
+class Tracker:
+    """MLflow tracking store of one search or training run.
+
+    Args:
+        uri: tracking URI (``sqlite:///mlruns.db``, ``http://host:5000``, a path).
+            Relative sqlite/file paths are resolved against the current directory.
+        artifact_location: where new experiments keep artifacts (a path or URI);
+            ``None`` lets the store choose. Relative paths resolve like ``uri``.
+    """
+
+    def __init__(self, uri: str, artifact_location: str | None = None):
+        self.uri = resolve_uri(uri)
+        self.artifact_location = (
+            resolve_uri(artifact_location) if artifact_location else None
+        )
+        self._client: MlflowClient | None = None
+        self._experiments: dict[str, str] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict:
+        # Trackers travel to Ray trial processes; the client reconnects there.
+        return {"uri": self.uri, "artifact_location": self.artifact_location,
+                "_client": None, "_experiments": dict(self._experiments)}
+
+    def check(self, ray_address: str | None = None) -> None:
+        """Open the store once; refuse a machine-local store with a remote Ray cluster.
+
+        Raises:
+            UserError: the store cannot be opened (names the URI), or it is a sqlite/file
+                store while ``ray_address`` points at a remote cluster whose workers
+                could not write to it.
+        """
+        if ray_address is not None and is_local_store(self.uri) and is_remote_ray_address(ray_address):
+            raise UserError(
+                f"tracking.uri {self.uri!r} is a local sqlite/file store, but ray.address "
+                f"{ray_address!r} is a remote cluster whose workers cannot write to it; "
+                "run an MLflow server (`mlflow server --backend-store-uri ...`) reachable "
+                "from the cluster and set tracking.uri to its http:// URL"
+            )
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+            raise UserError(
+                f"MLflow tracking store {self.uri!r} (tracking.uri) cannot be opened: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
+
+    def experiment_id(self, name: str) -> str:
+        """Id of the experiment called ``name``, created (with the artifact location) if absent.
+
+        Raises:
+            UserError: the experiment exists but is deleted.
+        """
+        if name in self._experiments:
+            return self._experiments[name]
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location)
+            except MlflowException:
+                # Another process created it between our look-up and create.
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        elif exp.lifecycle_stage == "deleted":
+            raise UserError(
+                f"MLflow experiment {name!r} in {self.uri} is deleted; restore it "
+                f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`) or "
+                "pick another name (tracking.experiment)"
+            )
+        else:
+            exp_id = exp.experiment_id
+        self._experiments[name] = exp_id
+        return exp_id
+
+    def start_run(self, experiment: str, run_name: str, tags: dict | None = None,
+                  parent_run_id: str | None = None) -> str:
+        """Create a RUNNING run in experiment ``experiment`` (a name); return its id."""
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
+        return run.info.run_id
+
+    def find_run(self, experiment: str, tags: dict) -> str | None:
+        """Id of the oldest active run of ``experiment`` whose tags equal ``tags``, else None."""
+        clauses = [f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items()]
+        runs = self.client.search_runs(
+            [self.experiment_id(experiment)], filter_string=" and ".join(clauses),
+            order_by=["attributes.start_time ASC"], max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def search_runs(self, experiment: str, tags: dict) -> list:
+        """All active runs of ``experiment`` whose tags equal ``tags`` (mlflow Run objects)."""
+        clauses = [f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items()]
+        return list(self.client.search_runs(
+            [self.experiment_id(experiment)], filter_string=" and ".join(clauses),
+            order_by=["attributes.start_time ASC"], max_results=10000,
+        ))
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        """Log params (values become strings). Re-logging an identical value is allowed."""
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[i:i + _BATCH])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
+        """Log numeric metrics at ``step``; NaN/±inf are kept (see the module docstring).
+
+        Raises:
+            TypeError/ValueError: a value is not convertible to float.
+        """
+        now = int(time.time() * 1000)
+        values = {k: float(v) for k, v in metrics.items()}
+        items = [Metric(k, v, now, int(step)) for k, v in values.items()]
+        inf_tags = [RunTag(INF_TAG_PREFIX + k, "+inf" if v > 0 else "-inf")
+                    for k, v in values.items() if math.isinf(v)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+        if inf_tags:
+            self.client.log_batch(run_id, tags=inf_tags)
+
+    def get_metrics(self, run_id: str) -> dict[str, float]:
+        """Latest value of each metric of a run, with tagged infinities restored."""
+        data = self.client.get_run(run_id).data
+        out = dict(data.metrics)
+        for tag, sign in data.tags.items():
+            key = tag[len(INF_TAG_PREFIX):]
+            if tag.startswith(INF_TAG_PREFIX) and key in out and abs(out[key]) >= sys.float_info.max:
+                out[key] = math.inf if sign == "+inf" else -math.inf
+        return out
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """``[(step, value), ...]`` of one metric, sorted by step."""
+        hist = self.client.get_metric_history(run_id, key)
+        return sorted((m.step, m.value) for m in hist)
+
+    def log_artifact(self, run_id: str, local_path: str | os.PathLike,
+                     artifact_path: str | None = None) -> None:
+        """Upload a file (or every file of a directory) to the run's artifacts."""
+        if Path(local_path).is_dir():
+            self.client.log_artifacts(run_id, str(local_path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        """Set (or overwrite) tags; values become strings."""
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, tags=items[i:i + _BATCH])
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark a run terminated with ``status`` (FINISHED, FAILED or KILLED).
+
+        Raises:
+            ValueError: an unknown status.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str:
+        """MLflow status of a run: RUNNING, SCHEDULED, FINISHED, FAILED or KILLED."""
+        return self.client.get_run(run_id).info.status
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
+
+    def run_url(self, run_id: str) -> str:
+        """A URL (server stores) or a short reference (local stores) for a run."""
+        run = self.client.get_run(run_id)
+        ref = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        if urlparse(self.uri).scheme in ("http", "https"):
+            return self.uri.rstrip("/") + "/" + ref
+        return ref
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _param_str(value) -> str:
+    # MLflow caps param values at 6000 characters.
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
