@@ -1,0 +1,246 @@
+"""Typed job specs: what to run (data, model, loss, optimiser, budget, resources).
+
+Every spec forbids unknown keys, so a typo in a job file is an error, not a silent default.
+A job file holding only ``name: x`` is the embedded demo: synthetic images, the tiny model,
+one CPU worker, local Ray and a sqlite MLflow store in the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
+from pydantic import NonNegativeFloat, NonNegativeInt, field_validator, model_validator
+
+DATA_FORMATS = ("synthetic", "karpathy", "msrvtt", "manifest")
+MODEL_NAMES = ("tiny", "clip", "two_tower")
+MINING_MODES = ("all", "hardest", "topk")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class FieldError(ValueError):
+    """A cross-field check failed on ``field`` (a key inside the spec that raised it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Spec(BaseModel):
+    """Base of all specs: unknown keys are errors; values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitsSpec(Spec):
+    """Names of the train/val/test splits inside the annotation file."""
+
+    train: str = "train"
+    val: str = "val"
+    test: str = "test"
+
+
+class SyntheticSpec(Spec):
+    """The built-in generated data set (``data.format: synthetic``)."""
+
+    num_train: PositiveInt = 512
+    num_val: PositiveInt = 128
+    num_test: PositiveInt = 128
+    captions_per_item: PositiveInt = 3
+    image_size: int = Field(64, ge=16)
+    num_frames: PositiveInt = 8
+    cache_dir: Path = Path(".unitune/data")  # relative to the working directory
+
+
+class DataSpec(Spec):
+    """Where the data is. ``root``/``annotations`` are relative to the job file."""
+
+    format: Literal["synthetic", "karpathy", "msrvtt", "manifest"] = "synthetic"
+    modality: Literal["image", "video"] = "image"
+    root: Path | None = None
+    annotations: Path | None = None
+    splits: SplitsSpec = SplitsSpec()
+    num_frames: PositiveInt = 8
+    on_bad_sample: Literal["error", "skip"] = "error"
+    num_workers: NonNegativeInt = 0
+    synthetic: SyntheticSpec = SyntheticSpec()
+
+    @model_validator(mode="after")
+    def _check_format(self) -> DataSpec:
+        if self.format == "synthetic":
+            return self
+        if self.root is None:
+            raise FieldError("root", f"required for format {self.format}")
+        if self.format in ("karpathy", "manifest") and self.annotations is None:
+            raise FieldError("annotations", f"required for format {self.format}")
+        expected = {"karpathy": "image", "msrvtt": "video"}.get(self.format)
+        if expected and self.modality != expected:
+            raise FieldError("modality", f"format {self.format} holds {expected}s (got {self.modality})")
+        return self
+
+
+class FreezeSpec(Spec):
+    """Which tower layers train. ``None`` trains the whole tower."""
+
+    visual_trainable_layers: NonNegativeInt | None = None
+    text_trainable_layers: NonNegativeInt | None = None
+    projections_only: bool = False
+
+
+class ModelSpec(Spec):
+    """Dual encoder by registry name (``unitune.models.MODEL_REGISTRY``)."""
+
+    name: Literal["tiny", "clip", "two_tower"] = "tiny"
+    preset: str | None = "tiny-s"
+    checkpoint: str | None = None
+    image_encoder: str | None = None
+    text_encoder: str | None = None
+    embed_dim: PositiveInt = 256
+    video_pooling: Literal["mean", "seqTransf"] = "mean"
+    freeze: FreezeSpec = FreezeSpec()
+
+    @model_validator(mode="after")
+    def _check_towers(self) -> ModelSpec:
+        if self.name == "two_tower":
+            for key in ("image_encoder", "text_encoder"):
+                if getattr(self, key) is None:
+                    raise FieldError(key, "required for model two_tower")
+        return self
+
+
+class LossSpec(Spec):
+    """The unified loss (``unitune.losses.unified_loss``); gamma = 1/temperature."""
+
+    margin: NonNegativeFloat = 0.2
+    gamma: PositiveFloat = 20.0
+    learnable_gamma: bool = False
+    max_gamma: PositiveFloat = 100.0
+    scale_by_gamma: bool = False
+    mining: Literal["all", "hardest", "topk"] = "all"
+    topk: PositiveInt | None = None
+    warmup_epochs: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _check_mining(self) -> LossSpec:
+        if self.mining == "topk" and self.topk is None:
+            raise FieldError("topk", "required when mining is topk")
+        if self.learnable_gamma and self.gamma > self.max_gamma:
+            raise FieldError("gamma", f"must be <= max_gamma {self.max_gamma} when learnable (got {self.gamma})")
+        return self
+
+
+class OptimSpec(Spec):
+    """AdamW with per-tower learning rates; linear warm-up then cosine decay."""
+
+    lr: PositiveFloat = 1.0e-3
+    visual_lr: PositiveFloat | None = None
+    text_lr: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat = 0.1
+    warmup_epochs: NonNegativeFloat = 0.5
+    grad_clip: PositiveFloat | None = 1.0
+
+
+class TrainSpec(Spec):
+    """Budget: epochs, global batch size, evaluation cadence, precision."""
+
+    epochs: PositiveInt = 6
+    final_epochs: PositiveInt = 20
+    batch_size: int = Field(64, ge=2)  # global batch; one item has no negatives
+    eval_every: PositiveInt = 1
+    eval_batch_size: PositiveInt = 256
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    grad_checkpointing: bool = False
+    max_failures: NonNegativeInt = 1
+
+
+class ResourcesSpec(Spec):
+    """Resources of one run (one trial): Ray Train workers and what each holds."""
+
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    cpu_per_worker: PositiveFloat = 1
+    gpu_per_worker: PositiveFloat = 1
+
+
+class RaySpec(Spec):
+    """Ray cluster address; ``None`` starts a local Ray on 127.0.0.1."""
+
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _empty_is_local(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class TrackingSpec(Spec):
+    """MLflow store. ``experiment: None`` uses the job name."""
+
+    uri: str = "sqlite:///mlruns.db"
+    artifact_location: str | None = "mlartifacts"
+    experiment: str | None = None
+
+
+class SearchRef(Spec):
+    """Which search-space file a search uses (relative to the job file)."""
+
+    space: Path | None = None
+
+
+def is_remote_address(address: str | None) -> bool:
+    """True when a Ray address points at another machine (``ray://host`` or ``host:port``)."""
+    if address is None or address in ("auto", "local"):
+        return False
+    parsed = urlparse(address if "://" in address else f"//{address}")
+    return parsed.hostname not in LOCAL_HOSTS
+
+
+def is_local_store(uri: str) -> bool:
+    """True for MLflow stores that only this machine can reach (sqlite, file, plain paths)."""
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file", "sqlite") or len(scheme) == 1  # 1 letter: a Windows drive
+
+
+class JobSpec(Spec):
+    """A whole job file. ``source`` is the file it was loaded from (None when built in code)."""
+
+    name: str = Field(min_length=1)
+    seed: NonNegativeInt = 0
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    loss: LossSpec = LossSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    ray: RaySpec = RaySpec()
+    tracking: TrackingSpec = TrackingSpec()
+    search: SearchRef = SearchRef()
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    @property
+    def experiment(self) -> str:
+        """MLflow experiment name: ``tracking.experiment`` or the job name."""
+        return self.tracking.experiment or self.name
+
+    @model_validator(mode="after")
+    def _check_job(self) -> JobSpec:
+        workers = self.resources.num_workers
+        if self.train.batch_size % workers:
+            raise FieldError("train.batch_size", f"must be divisible by resources.num_workers {workers} "
+                                                 f"(got {self.train.batch_size})")
+        if self.data.format == "synthetic" and self.train.batch_size > self.data.synthetic.num_train:
+            raise FieldError("train.batch_size", f"larger than the train split "
+                                                 f"(data.synthetic.num_train {self.data.synthetic.num_train})")
+        if is_remote_address(self.ray.address) and is_local_store(self.tracking.uri):
+            raise FieldError("tracking.uri", f"{self.tracking.uri} is a local store that workers of the "
+                                             f"remote Ray cluster {self.ray.address} cannot reach; use an "
+                                             "http(s):// MLflow server or a shared database")
+        return self
