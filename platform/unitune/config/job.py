@@ -56,7 +56,12 @@ class SyntheticSpec(Spec):
 
 
 class DataSpec(Spec):
-    """Where the data is. ``root``/``annotations`` are relative to the job file."""
+    """Where the data is. ``annotations``/``root`` are relative to the job file.
+
+    ``annotations``: the Karpathy JSON, the manifest (JSONL/CSV) or ``MSRVTT_data.json``;
+    ``root``: the media directory (default: chosen by the format next to the annotations).
+    ``splits``: the file's split names; join several with ``+`` (COCO: ``train+restval``).
+    """
 
     format: Literal["synthetic", "karpathy", "msrvtt", "manifest"] = "synthetic"
     modality: Literal["image", "video"] = "image"
@@ -72,9 +77,7 @@ class DataSpec(Spec):
     def _check_format(self) -> DataSpec:
         if self.format == "synthetic":
             return self
-        if self.root is None:
-            raise FieldError("root", f"required for format {self.format}")
-        if self.format in ("karpathy", "manifest") and self.annotations is None:
+        if self.annotations is None:
             raise FieldError("annotations", f"required for format {self.format}")
         expected = {"karpathy": "image", "msrvtt": "video"}.get(self.format)
         if expected and self.modality != expected:
@@ -185,9 +188,14 @@ class TrackingSpec(Spec):
 
 
 class SearchRef(Spec):
-    """Which search-space file a search uses (relative to the job file)."""
+    """Which search-space file a search uses (relative to the job file), and the values of that
+    file this job sets for itself (``None``: the file's): the target depends on the data, the
+    number of trials and their concurrency on the cluster."""
 
     space: Path | None = None
+    target: float | None = None
+    num_trials: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
 
 
 def is_remote_address(address: str | None) -> bool:

@@ -203,11 +203,12 @@ def missing_inputs(job: JobSpec) -> list[str]:
     Returns one message per problem (``[]`` when the job can run here). ``validate``
     prints them as warnings; ``require_inputs`` turns them into an error before a run.
     """
-    problems = []
+    users: dict[str, list[str]] = {}
     for key, value in _strings(job.model_dump(mode="json")):
         for name in unset_vars(value):
-            problems.append(f"{key}: environment variable {name} is not set (used in {value!r}); "
-                            f"set it or override {key}=...")
+            users.setdefault(name, []).append(key)
+    problems = [f"environment variable {name} is not set (used by {', '.join(keys)}); "
+                f"set it or override {keys[0]}=..." for name, keys in users.items()]
     if job.data.format != "synthetic":
         for key in ("root", "annotations"):
             path = getattr(job.data, key)

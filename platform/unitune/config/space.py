@@ -270,7 +270,8 @@ def _check_job_key(where: str, key: str, values: list[Any], *, continuous: bool)
 def load_space(path: str | Path, job: JobSpec | None = None) -> SearchSpaceSpec:
     """Read and validate a search-space file; with ``job``, also check it against that job.
 
-    With a job, ``asha.max_epochs`` is filled in from ``train.epochs`` (it may not exceed it),
+    With a job, the job's ``search.target/num_trials/max_concurrent`` replace the file's,
+    ``asha.max_epochs`` is filled in from ``train.epochs`` (it may not exceed it),
     and every combination of choices, with numeric parameters at their ends, must give a
     valid job (e.g. ``loss.mining: topk`` needs ``loss.topk`` searched, fixed or in the job).
     Raises ``UserError`` naming the file, the key and the reason.
@@ -288,16 +289,19 @@ def load_space(path: str | Path, job: JobSpec | None = None) -> SearchSpaceSpec:
 
 def _fit_to_job(space: SearchSpaceSpec, job: JobSpec) -> None:
     where = f"{space.source}: "
+    for key in ("target", "num_trials", "max_concurrent"):
+        value = getattr(job.search, key)
+        if value is not None:
+            setattr(space, key, value)
     epochs = job.train.epochs
     if space.asha is not None:
-        if space.asha.max_epochs is None:
-            space.asha.max_epochs = epochs
-        elif space.asha.max_epochs > epochs:
-            raise UserError(f"{where}asha.max_epochs: must be <= train.epochs {epochs} of the job "
-                            f"(got {space.asha.max_epochs})")
-        if space.asha.grace_period > space.asha.max_epochs:
-            raise UserError(f"{where}asha.grace_period: must be <= max_epochs {space.asha.max_epochs} "
-                            f"(got {space.asha.grace_period})")
+        max_epochs = space.asha.max_epochs or epochs
+        if max_epochs > epochs:
+            raise UserError(f"{where}asha.max_epochs: must be <= train.epochs {epochs} of the job (got {max_epochs})")
+        if space.asha.grace_period > max_epochs:
+            raise UserError(f"{where}asha.grace_period: must be <= max_epochs {max_epochs} "
+                            f"(the job's train.epochs; got {space.asha.grace_period})")
+        space.asha.max_epochs = max_epochs
     bare = job.model_copy()
     bare._source = None  # errors below name the space file, not the job file
     for sampled in example_configs(space):
