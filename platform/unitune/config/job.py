@@ -246,7 +246,7 @@ class JobSpec(Spec):
                                                  f"(got {self.train.batch_size})")
         if self.data.format == "synthetic" and self.train.batch_size > self.data.synthetic.num_train:
             raise FieldError("train.batch_size", f"larger than the train split "
-                                                 f"(data.synthetic.num_train {self.data.synthetic.num_train})")
+                                                 f"(data.synthetic.num_train {self.data.synthetic.num_train}; got {self.train.batch_size})")
         if is_remote_address(self.ray.address) and is_local_store(self.tracking.uri):
             raise FieldError("tracking.uri", f"{self.tracking.uri} is a local store that workers of the "
                                              f"remote Ray cluster {self.ray.address} cannot reach; use an "
