@@ -1,0 +1,99 @@
+"""`clip`: a Hugging Face CLIP checkpoint (hub name or local path) as a DualEncoder.
+
+The `tiny` presets reuse this class with a random-initialised CLIPModel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel
+
+from unitune.errors import UserError
+from unitune.models.base import DualEncoder, TowerLayout, features_tensor
+from unitune.models.hf import HFTokenizer, load_pretrained, max_length
+from unitune.models.transforms import CLIP_MEAN, CLIP_STD, ImageTransform, transform_from_processor
+
+# transformers' CLIPTextModel pools argmax(input_ids) when eos_token_id == 2 (configs from
+# before its PR #24773); any other id pools the first position holding that id.
+_LEGACY_EOS_ID = 2
+
+
+class CLIPDualEncoder(DualEncoder):
+    """A CLIPModel's vision and text towers with their projections.
+
+    Video: per-frame CLIP image embeddings pooled by `config["video_pooling"]`.
+    `clip.logit_scale` is frozen: the loss owns the scale. `config["embed_dim"]` is not
+    used: D is the checkpoint's projection_dim.
+    """
+
+    name = "clip"
+
+    def __init__(self, config: dict, clip: CLIPModel, tokenizer: Callable, processor=None):
+        super().__init__(config, tokenizer, clip.config.projection_dim)
+        self.clip = clip
+        self.processor = processor
+        self.clip.logit_scale.requires_grad_(False)
+        self.apply_freeze()
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return features_tensor(self.clip.get_image_features(pixel_values=pixel_values))
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return features_tensor(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+    def tower_layouts(self) -> dict[str, TowerLayout]:
+        vision, text = self.clip.vision_model, self.clip.text_model
+        return {
+            "visual": TowerLayout([vision], list(vision.encoder.layers), [vision.post_layernorm]),
+            "text": TowerLayout([text], list(text.encoder.layers), [text.final_layer_norm]),
+        }
+
+    def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
+        # The projections come with the checkpoint, so they train at the tower's rate.
+        return {"visual": [self.clip.vision_model, self.clip.visual_projection],
+                "text": [self.clip.text_model, self.clip.text_projection]}
+
+    def image_transform(self, train: bool) -> ImageTransform:
+        if self.processor is not None:
+            return transform_from_processor(self.processor, train)
+        size = self.clip.config.vision_config.image_size
+        return ImageTransform(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, train=train)
+
+    def save_assets(self, directory: Path) -> None:
+        hf_dir = Path(directory) / "hf"
+        self.clip.config.save_pretrained(hf_dir)
+        self.tokenizer.tokenizer.save_pretrained(hf_dir)
+        if self.processor is not None:
+            self.processor.save_pretrained(hf_dir)
+
+    @classmethod
+    def from_config(cls, config: dict, *, captions: list[str] | None = None,
+                    assets: Path | None = None) -> "CLIPDualEncoder":
+        """Load `config["checkpoint"]` (or the architecture saved in `assets`).
+
+        Raises UserError for a missing checkpoint or a tokenizer whose EOS id differs from
+        the text model's (CLIP pools the EOS position).
+        """
+        key = "model.checkpoint"
+        if assets is None:
+            source = config.get("checkpoint")
+            if not source:
+                raise UserError(f"{key}: the clip model needs a checkpoint (hub name or local path)")
+            clip = load_pretrained(CLIPModel.from_pretrained, source, key=key)
+        else:
+            source = Path(assets) / "hf"
+            clip = CLIPModel(load_pretrained(CLIPConfig.from_pretrained, source, key=key))
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, key=key)
+        try:
+            processor = AutoImageProcessor.from_pretrained(source)
+        except OSError:  # no preprocessor_config.json: fall back to the vision config
+            processor = None
+        eos_id = clip.config.text_config.eos_token_id
+        if eos_id != _LEGACY_EOS_ID and tokenizer.eos_token_id != eos_id:
+            raise UserError(f"{key}: tokenizer eos_token_id {tokenizer.eos_token_id} != "
+                            f"text_config.eos_token_id {eos_id} in {str(source)!r}")
+        length = max_length(tokenizer, clip.config.text_config.max_position_embeddings)
+        return cls(config, clip, HFTokenizer(tokenizer, length), processor)

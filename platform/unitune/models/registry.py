@@ -1,0 +1,83 @@
+"""Model registry, `build_model` from a config spec, and save/load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unitune.errors import UserError
+from unitune.models.base import FREEZE_KEYS, DualEncoder
+from unitune.models.clip import CLIPDualEncoder
+from unitune.models.tiny import TinyCLIP
+from unitune.models.two_tower import TwoTowerEncoder
+
+# Stable names: they are MLflow params and Optuna choices.
+MODEL_REGISTRY: dict[str, type[DualEncoder]] = {
+    "tiny": TinyCLIP,
+    "clip": CLIPDualEncoder,
+    "two_tower": TwoTowerEncoder,
+}
+
+CONFIG_FILE = "model.json"
+WEIGHTS_FILE = "model.pt"
+_DEFAULTS = {"name": "tiny", "preset": "tiny-s", "checkpoint": None, "image_encoder": None,
+             "text_encoder": None, "embed_dim": 256, "video_pooling": "mean"}
+_FREEZE_DEFAULTS = {"visual_trainable_layers": None, "text_trainable_layers": None, "projections_only": False}
+
+
+def _get(spec: Any, key: str, default: Any) -> Any:
+    if isinstance(spec, Mapping):
+        return spec.get(key, default)
+    return getattr(spec, key, default)
+
+
+def model_config(spec: Any) -> dict:
+    """The plain, JSON-able model config from a ModelSpec, namespace or dict.
+
+    Keys: name preset checkpoint image_encoder text_encoder embed_dim video_pooling
+    freeze{visual_trainable_layers, text_trainable_layers, projections_only}; missing
+    keys take the schema's defaults. Raises UserError for an unknown model name.
+    """
+    config = {key: _get(spec, key, default) for key, default in _DEFAULTS.items()}
+    freeze = _get(spec, "freeze", None) or {}
+    config["freeze"] = {key: _get(freeze, key, _FREEZE_DEFAULTS[key]) for key in FREEZE_KEYS}
+    if config["name"] not in MODEL_REGISTRY:
+        raise UserError(f"model.name: unknown model {config['name']!r}; choose from {list(MODEL_REGISTRY)}")
+    return config
+
+
+def build_model(spec: Any, captions: list[str] | None = None) -> DualEncoder:
+    """A DualEncoder from a model spec (see `model_config`); `captions` build the tiny
+    model's vocabulary. Raises UserError for bad names, paths or freeze settings."""
+    config = model_config(spec)
+    return MODEL_REGISTRY[config["name"]].from_config(config, captions=captions)
+
+
+def save_model(model: DualEncoder, directory: str | Path) -> Path:
+    """Write `model.json` (config), `model.pt` (state dict) and the tokenizer/architecture
+    files into `directory`; -> the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(model.config, indent=2))
+    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+    model.save_assets(directory)
+    return directory
+
+
+def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> DualEncoder:
+    """Rebuild a model written by `save_model` (weights via torch.load(weights_only=True)),
+    needing neither the original checkpoint nor captions. Raises UserError when the
+    directory holds no saved model."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise UserError(f"{directory}: no saved model ({CONFIG_FILE} and {WEIGHTS_FILE} expected)")
+    config = model_config(json.loads(config_path.read_text()))
+    model = MODEL_REGISTRY[config["name"]].from_config(config, assets=directory)
+    state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model

