@@ -52,6 +52,7 @@ class SyntheticSpec(Spec):
     captions_per_item: PositiveInt = 3
     image_size: int = Field(64, ge=16)
     num_frames: PositiveInt = 8
+    seed: NonNegativeInt = 0
     cache_dir: Path = Path(".unitune/data")  # relative to the working directory
 
 
