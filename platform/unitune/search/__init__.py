@@ -1,0 +1,1 @@
+"""Ray Tune search: space -> Optuna define-by-run, trials, driver, convergence speed."""

@@ -1,0 +1,232 @@
+"""``unitune search``: Ray Tune + Optuna (TPE) + ASHA over a job, one MLflow run per trial.
+
+    run_search(job, space) -> SearchResult
+
+Names are deterministic: the search id is ``<job name>-<hash of job and space>`` (``-2``,
+``-3``... once a search with that id has finished), Tune trial ids are kept across a resume,
+so running the same command after an interruption resumes the search and finds the same
+MLflow runs. The Optuna study (study name = search id) lives in an RDB storage next to the
+MLflow store (``optuna.db``), so ``optuna-dashboard sqlite:///optuna.db`` opens it and
+``warm_start=<search id>`` seeds a later search with its completed trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import optuna
+
+from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
+from unitune.errors import UserError
+from unitune.search.live import SearchCallback
+from unitune.search.report import write_artifacts, summarize
+from unitune.search.space import distribution, make_searcher
+from unitune.search.trial import (
+    ROLE_TAG, SEARCH_TAG, STATE_TAG, TrialSetup, finalize_trial, run_trial, trial_resources,
+)
+from unitune.tracking import Tracker
+
+TUNE_DIR = ".unitune/tune"   # Tune experiment state, relative to the working directory
+
+
+@dataclass
+class SearchResult:
+    search_id: str
+    parent_run_id: str
+    experiment: str
+    summary: dict
+    resumed: bool
+
+
+def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
+    """8 hex digits identifying what is searched (the job and the space, not the file names)."""
+    payload = json.dumps([job.model_dump(mode="json"), space.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:8]
+
+
+def optuna_storage_url(tracking_uri: str) -> str:
+    """``sqlite:///<dir>/optuna.db`` beside a sqlite/file MLflow store, else in the cwd."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.db")
+    if parsed.scheme == "file":
+        return "sqlite:///" + str(Path(parsed.path).parent / "optuna.db")
+    return "sqlite:///" + str(Path.cwd() / "optuna.db")
+
+
+def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
+    """The base job of every trial: the space's fixed values, the ASHA budget as epochs."""
+    overrides = dict(space.fixed)
+    if space.asha is not None and space.asha.max_epochs is not None:
+        overrides["train.epochs"] = space.asha.max_epochs
+    return apply_overrides(job, overrides) if overrides else job
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to ``address`` or start a local Ray on 127.0.0.1 (no dashboard, no token).
+
+    Raises:
+        UserError: the cluster cannot be reached (names the address).
+    """
+    import ray
+
+    # No TensorBoard/CSV/JSON result files per trial: MLflow holds the results.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if ray.is_initialized():
+        return
+    try:
+        if address is None:
+            # A private cluster on loopback: token auth would only get in the way here.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1", configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray on 127.0.0.1"
+        raise UserError(f"ray.address: cannot connect to {where}: {str(exc).splitlines()[0]}") from exc
+
+
+def _find_search(tracker: Tracker, experiment: str, base_id: str) -> tuple[str, str | None]:
+    """(search id, parent run id or None): the newest unfinished search with this key, else
+    the first free id."""
+    k = 1
+    while True:
+        search_id = base_id if k == 1 else f"{base_id}-{k}"
+        parent = tracker.find_run(experiment, {SEARCH_TAG: search_id, ROLE_TAG: "search"})
+        if parent is None or tracker.run_status(parent) != "FINISHED":
+            return search_id, parent
+        k += 1
+
+
+def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
+               space: SearchSpaceSpec) -> int:
+    """Copy the completed trials of study ``source`` that fit ``space`` into study ``target``.
+
+    Returns the number of trials copied.
+
+    Raises:
+        UserError: ``source`` is not a study in ``storage``.
+    """
+    try:
+        old = optuna.load_study(study_name=source, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UserError(f"--warm-start: no Optuna study {source!r} (studies: {', '.join(names) or 'none'})") from None
+    metrics, modes = space.objective_names()
+    directions = ["minimize" if m == "min" else "maximize" for m in modes]
+    new = optuna.create_study(study_name=target, storage=storage, directions=directions,
+                              load_if_exists=True)
+    dists = {name: distribution(p) for name, p in space.params.items()}
+    copied = []
+    for t in old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if len(t.values) != len(directions) or any(dists.get(k) != d for k, d in t.distributions.items()):
+            continue
+        copied.append(optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, values=t.values,
+            user_attrs={**t.user_attrs, "warm_start_from": source}))
+    new.add_trials(copied)
+    return len(copied)
+
+
+def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = None,
+               warm_start_from: str | None = None, train_fn: Callable | None = None,
+               verbose: bool = True) -> SearchResult:
+    """Run (or resume) the search of ``space`` over ``job``; return its summary.
+
+    Args:
+        address: Ray address; ``None`` uses ``job.ray.address`` (``None``: local Ray).
+        warm_start_from: a previous search id whose Optuna trials seed the sampler.
+        train_fn: replaces ``unitune.train.run_training`` (tests).
+
+    Raises:
+        UserError: unreachable MLflow store or Ray cluster, a local store with a remote
+            cluster, an unknown warm-start study.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    address = address if address is not None else job.ray.address
+    tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
+    tracker.check(address)
+    experiment = job.experiment
+    base = search_job(job, space)
+    search_id, parent = _find_search(tracker, experiment, f"{job.name}-{search_key(job, space)}")
+    storage_path = str(Path(TUNE_DIR).resolve())
+    exp_dir = Path(storage_path) / search_id
+    resumed = parent is not None and tune.Tuner.can_restore(str(exp_dir))
+    storage = optuna.storages.RDBStorage(optuna_storage_url(tracker.uri))
+    if parent is None:
+        parent = tracker.start_run(experiment, search_id, tags={
+            SEARCH_TAG: search_id, ROLE_TAG: "search", STATE_TAG: "running",
+            "unitune.job_file": str(job.source or ""), "unitune.space_file": str(space.source or ""),
+            "unitune.optuna_storage": storage.url, "unitune.optuna_study": search_id,
+        })
+        tracker.log_params(parent, {"metric": space.metric, "mode": space.mode, "num_trials": space.num_trials,
+                                    "max_concurrent": space.max_concurrent, "seed": space.seed,
+                                    "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()}})
+    else:
+        tracker.set_tags(parent, {STATE_TAG: "running"})
+    if warm_start_from and not resumed:
+        copied = warm_start(storage, warm_start_from, search_id, space)
+        tracker.set_tags(parent, {"unitune.warm_start_from": warm_start_from, "unitune.warm_start_trials": copied})
+
+    metrics, modes = space.objective_names()
+    setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,
+                       parent_run_id=parent, objectives=list(zip(metrics, modes)),
+                       target=space.target, storage_path=storage_path, train_fn=train_fn)
+    init_ray(address)
+    callback = SearchCallback(setup, space, verbose=verbose)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
+    state = "interrupted"
+    try:
+        if resumed:
+            print(f"unitune: resuming search {search_id} from {exp_dir}", file=sys.stderr)
+            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
+                               run_config=tune.RunConfig(name=search_id, storage_path=storage_path,
+                                                         callbacks=[callback], verbose=0))
+        tuner.fit()
+        state = "completed"
+    finally:
+        try:
+            _close_leftovers(setup, state)
+            summary = summarize(setup, space, storage)
+            write_artifacts(setup, space, job, storage, summary)
+        finally:
+            tracker.set_tags(parent, {STATE_TAG: state})
+            tracker.end_run(parent, "FINISHED" if state == "completed" else "KILLED")
+    return SearchResult(search_id, parent, experiment, summary, resumed)
+
+
+def _tune_config(space: SearchSpaceSpec, search_id: str, storage) -> "tune.TuneConfig":
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    scheduler = FIFOScheduler()
+    if space.asha is not None:
+        scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode,
+                                  max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
+                                  reduction_factor=space.asha.reduction_factor)
+    return tune.TuneConfig(search_alg=make_searcher(space, study_name=search_id, storage=storage),
+                           scheduler=scheduler, num_samples=space.num_trials,
+                           max_concurrent_trials=space.max_concurrent,
+                           reuse_actors=True)  # imports (torch, mlflow) once per trial process
+
+
+def _close_leftovers(setup: TrialSetup, state: str) -> None:
+    """No child run stays RUNNING: those the callbacks did not close are interrupted."""
+    for run in setup.tracker.search_runs(setup.experiment, {SEARCH_TAG: setup.search_id, ROLE_TAG: "trial"}):
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            tag = run.data.tags.get(STATE_TAG)
+            final = tag if tag == "failed" else "interrupted"
+            finalize_trial(setup, run.info.run_id, final)

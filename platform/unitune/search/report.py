@@ -1,0 +1,198 @@
+"""The end of a search: summary from MLflow, parent-run artifacts, the terminal summary.
+
+Everything is read back from the MLflow store (the source of truth), so a resumed or
+interrupted search summarizes all its trials, not just those this process saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import optuna
+import yaml
+
+from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
+from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
+from unitune.search.trial import (
+    ERROR_TAG, ROLE_TAG, SEARCH_TAG, STATE_TAG, STOP_EPOCH_TAG, TRIAL_TAG, TrialSetup, read_curve,
+)
+
+
+def _coerce(text: str):
+    """MLflow params are strings: back to the YAML scalar they were."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
+    """Trials of the search (from MLflow) and the best one.
+
+    Returns ``{"search_id", "parent_run_id", "metric", "mode", "trials": [...], "best": trial
+    or None, "pareto": [trial ids] or None}``; each trial is ``{"trial_id", "run_id",
+    "state", "status", "params", "metrics", "stopped_at_epoch", "error"}``.
+    """
+    tracker = setup.tracker
+    trials = []
+    for run in tracker.search_runs(setup.experiment, {SEARCH_TAG: setup.search_id, ROLE_TAG: "trial"}):
+        tags = run.data.tags
+        trials.append({
+            "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id,
+            "state": tags.get(STATE_TAG), "status": run.info.status,
+            "params": {k: _coerce(v) for k, v in run.data.params.items()},
+            "metrics": tracker.get_metrics(run.info.run_id),
+            "stopped_at_epoch": tags.get(STOP_EPOCH_TAG), "error": tags.get(ERROR_TAG),
+        })
+    sign = 1 if setup.mode == "max" else -1
+    scored = [t for t in trials if math.isfinite(t["metrics"].get("best_value", math.nan))]
+    best = max(scored, key=lambda t: sign * t["metrics"]["best_value"], default=None)
+    pareto = None
+    if space.objectives and storage is not None:
+        study = optuna.load_study(study_name=setup.search_id, storage=storage)
+        pareto = [t.user_attrs.get("trial_id") for t in study.best_trials]
+    return {"search_id": setup.search_id, "parent_run_id": setup.parent_run_id,
+            "experiment": setup.experiment, "metric": setup.metric, "mode": setup.mode,
+            "target": setup.target, "trials": trials, "best": best, "pareto": pareto}
+
+
+def best_job(setup: TrialSetup, best: dict) -> JobSpec:
+    """The search's base job with the best trial's sampled values applied."""
+    return apply_overrides(setup.job, best["params"])
+
+
+def write_artifacts(setup: TrialSetup, space: SearchSpaceSpec, job: JobSpec, storage, summary: dict) -> None:
+    """Log the parent run's artifacts: job and space YAML, trials.csv, plots, best config."""
+    tracker, parent = setup.tracker, setup.parent_run_id
+    with tempfile.TemporaryDirectory(prefix="unitune-search-") as tmp:
+        out = Path(tmp)
+        for name, src, spec in (("job.yaml", job.source, job), ("space.yaml", space.source, space)):
+            if src is not None and Path(src).is_file():
+                shutil.copyfile(src, out / name)
+            else:
+                (out / name).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        _trials_csv(summary, space, out / "trials.csv")
+        _curves_plot(setup, summary, out / "plots" / "curves.png")
+        _optuna_plots(setup, storage, out / "plots")
+        if summary["best"] is not None:
+            best = best_job(setup, summary["best"])
+            header = (f"# best trial {summary['best']['trial_id']} of search {setup.search_id} "
+                      f"({setup.metric}={summary['best']['metrics'].get('best_value')})\n"
+                      f"# unitune train best_config.yaml\n")
+            (out / "best_config.yaml").write_text(
+                header + yaml.safe_dump(best.model_dump(mode="json"), sort_keys=False))
+        tracker.log_artifact(parent, out)
+
+
+def _trials_csv(summary: dict, space: SearchSpaceSpec, path: Path) -> None:
+    params = list(space.params)
+    metric = summary["metric"]
+    heads = ["trial_id", "run_id", "state", "stopped_at_epoch", *params, metric,
+             *CONVERGENCE_KEYS, "error"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(heads)
+        for t in summary["trials"]:
+            m = t["metrics"]
+            writer.writerow([t["trial_id"], t["run_id"], t["state"], t["stopped_at_epoch"] or "",
+                             *(t["params"].get(p, "") for p in params), m.get(metric, ""),
+                             *(m.get(k, "") for k in CONVERGENCE_KEYS), t["error"] or ""])
+
+
+def _curves_plot(setup: TrialSetup, summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in summary["trials"]:
+        curve = [r for r in read_curve(setup.tracker, t["run_id"], [setup.metric]) if setup.metric in r]
+        if curve:
+            style = "-" if t["state"] == "completed" else ":" if t["state"] == "failed" else "--"
+            ax.plot([r["epoch"] for r in curve], [r[setup.metric] for r in curve], style, marker="o",
+                    label=f"{t['trial_id']} ({t['state']})")
+    if setup.target is not None:
+        ax.axhline(setup.target, color="grey", linewidth=0.8, label="target")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {setup.metric}")
+    ax.set_title(f"{setup.search_id}: validation curves (dashed: stopped by ASHA)")
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
+    """Parallel coordinates and parameter importance, when the study has enough trials."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    study = optuna.load_study(study_name=setup.search_id, storage=storage)
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 2:
+        return  # nothing to compare
+    multi = len(study.directions) > 1
+    target = (lambda t: t.values[0]) if multi else None
+    plots = [("parallel_coordinates.png", ovm.plot_parallel_coordinate)]
+    if len(done) >= 3:
+        plots.append(("param_importances.png", ovm.plot_param_importances))
+    for name, plot in plots:
+        try:
+            with _quiet():
+                ax = plot(study, target=target, target_name=setup.metric) if multi else plot(study)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out / name, dpi=120)
+            plt.close(ax.figure)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            # e.g. importance needs at least one parameter that varied over complete trials
+            plt.close("all")
+
+
+class _quiet:
+    """Silence Optuna's experimental-feature warnings around its matplotlib plots."""
+
+    def __enter__(self):
+        import warnings
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None) -> str:
+    """The terminal summary: best trial, params, metric, convergence speed, runs, next steps."""
+    s = result_summary
+    trials = s["trials"]
+    counts = {state: sum(t["state"] == state for t in trials)
+              for state in ("completed", "stopped_by_asha", "failed", "interrupted")}
+    lines = [f"search {s['search_id']} (experiment {s['experiment']}, parent run {s['parent_run_id']})",
+             "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    best = s["best"]
+    if best is None:
+        lines.append(f"no trial reported {s['metric']}")
+    else:
+        m = best["metrics"]
+        lines += [
+            f"best trial {best['trial_id']} (run {best['run_id']}, {best['state']}): "
+            f"{s['metric']} = {m.get('best_value'):.4g} at epoch {m.get('best_epoch'):g}",
+            "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(best["params"].items())),
+            f"  convergence: epochs to target {s['target']}: {m.get('epochs_to_target')}, "
+            f"seconds: {m.get('seconds_to_target'):.4g}, epochs to 90% of best: "
+            f"{m.get('epochs_to_90pct_best')}, normalized AUC: {m.get('normalized_auc'):.3f}",
+        ]
+    if s["pareto"]:
+        lines.append("Pareto front (trial ids): " + ", ".join(str(t) for t in s["pareto"]))
+    job_arg = job_path or "JOB"
+    lines += [f"MLflow: {tracker_uri}",
+              f"next: unitune ui {job_arg}    # browse the runs",
+              f"      unitune export {job_arg} --search {s['search_id']}    # best config -> final job"]
+    return "\n".join(lines)

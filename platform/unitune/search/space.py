@@ -1,0 +1,105 @@
+"""A validated ``SearchSpaceSpec`` -> Optuna define-by-run function and Ray Tune searcher.
+
+The define-by-run function samples the parameters in dependency order
+(``SearchSpaceSpec.ordered_params``); a parameter with a ``when`` condition is sampled only
+when its condition holds on the values sampled before it. So ``loss.topk`` exists in a
+trial's config only when ``loss.mining == "topk"``, and Optuna's TPE sees a conditional
+space (``TPESampler(multivariate=True, group=True)`` models each group of co-occurring
+parameters jointly).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from unitune.config import ParamSpec, SearchSpaceSpec
+
+
+def distribution(param: ParamSpec) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one parameter (what :func:`define_by_run` samples)."""
+    if param.type == "uniform":
+        return optuna.distributions.FloatDistribution(param.low, param.high)
+    if param.type == "loguniform":
+        return optuna.distributions.FloatDistribution(param.low, param.high, log=True)
+    if param.type == "int":
+        return optuna.distributions.IntDistribution(param.low, param.high, log=param.log)
+    return optuna.distributions.CategoricalDistribution(list(param.values))
+
+
+class DefineByRun:
+    """Optuna define-by-run function for a ``SearchSpaceSpec`` (a picklable callable:
+    Tune saves the searcher, this included, with plain ``pickle``).
+
+    Calling it samples the active parameters through ``trial.suggest_*`` (Ray's
+    ``OptunaSearch`` captures those as the trial config) and returns ``spec.fixed``, which
+    Ray merges into the config. Keys are dotted job keys (``loss.margin``).
+    """
+
+    def __init__(self, spec: SearchSpaceSpec):
+        self.ordered = spec.ordered_params()
+        self.fixed = dict(spec.fixed)
+
+    def __call__(self, trial: optuna.Trial) -> dict:
+        sampled: dict[str, Any] = {}
+        for name, param in self.ordered:
+            if not param.is_active(sampled):
+                continue
+            if param.type == "choice":
+                sampled[name] = trial.suggest_categorical(name, list(param.values))
+            elif param.type == "int":
+                sampled[name] = trial.suggest_int(name, param.low, param.high, log=param.log)
+            else:
+                sampled[name] = trial.suggest_float(name, param.low, param.high,
+                                                    log=param.type == "loguniform")
+        return dict(self.fixed)
+
+
+def define_by_run(spec: SearchSpaceSpec) -> DefineByRun:
+    """The define-by-run function of ``spec`` (see :class:`DefineByRun`)."""
+    return DefineByRun(spec)
+
+
+def make_sampler(spec: SearchSpaceSpec) -> optuna.samplers.TPESampler:
+    """Seeded multivariate TPE over the conditional space.
+
+    Random start for a third of the budget (2 to 10 trials); with concurrent trials the
+    constant liar keeps parallel asks apart.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            multivariate=True, group=True, seed=spec.seed,
+            n_startup_trials=min(10, max(2, spec.num_trials // 3)),
+            constant_liar=spec.max_concurrent > 1,
+        )
+
+
+def make_searcher(spec: SearchSpaceSpec, *, study_name: str | None = None,
+                  storage: optuna.storages.BaseStorage | None = None):
+    """Ray Tune ``OptunaSearch`` over ``spec`` (a Pareto search when ``spec.objectives`` is set).
+
+    With ``storage`` (an ``optuna.storages.RDBStorage``) the study lives in that database
+    under ``study_name``: every Tune trial is asked from and told to it, so
+    ``optuna-dashboard`` shows the search, and an existing study of that name is continued.
+    Each Optuna trial carries the Tune trial id as user attribute ``trial_id``.
+    """
+    metrics, modes = spec.objective_names()
+    metric, mode = (metrics, modes) if spec.objectives else (metrics[0], modes[0])
+    return TaggedOptunaSearch(space=define_by_run(spec), metric=metric, mode=mode,
+                              sampler=make_sampler(spec), study_name=study_name, storage=storage)
+
+
+class TaggedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that records the Tune trial id on each Optuna trial (user attribute
+    ``trial_id``), so the study, the Tune trials and the MLflow runs join on one key."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and "trial_id" not in ot_trial.user_attrs:
+            ot_trial.set_user_attr("trial_id", trial_id)
+        return config
