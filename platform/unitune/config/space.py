@@ -76,8 +76,7 @@ class ParamSpec(Spec):
         if self.low >= self.high:
             raise FieldError("high", f"empty range: high must be > low (got low={self.low}, high={self.high})")
         if self.log and self.type != "int":
-            raise FieldError("log", f"only for type int (type {self.type} is {'already ' * (self.type == 'loguniform')}"
-                                    f"{'log' if self.type == 'loguniform' else 'linear'})")
+            raise FieldError("log", f"only for type int (got type {self.type}; use loguniform for a log-scale float)")
         if (self.type == "loguniform" or self.log) and self.low <= 0:
             raise FieldError("low", f"must be > 0 on a log scale (got {self.low})")
         return self
@@ -91,7 +90,8 @@ class ParamSpec(Spec):
         return all(k in sampled and sampled[k] in v for k, v in self.condition().items())
 
     def candidates(self) -> list[Scalar]:
-        """Values that probe the range: choices, or the ends and two inner points."""
+        """Values that probe the range: choices, or the ends and two inner points (an inner
+        point off any round fraction shows a float range on an integer key)."""
         if self.type == "choice":
             return list(self.values)
         inner = [self.low + (self.high - self.low) * f for f in (0.5, 0.3183)]
