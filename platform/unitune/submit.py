@@ -1,0 +1,324 @@
+"""``unitune submit|status|logs|stop``: run a search on a Ray cluster via the Ray Jobs API.
+
+``submit`` uploads the project directory (job files, search spaces) as the job's
+``working_dir`` and runs ``python -m unitune search JOB`` there, on the cluster's head
+node. The cluster's Python must have unitune installed (``pip install unitune`` in its
+image); for a cluster started on this machine, this machine's Python is used.
+
+The address is the dashboard's HTTP address, ``http://HEAD:8265``: ``--address``, else
+``RAY_API_SERVER_ADDRESS`` or ``RAY_ADDRESS``, else ``http://127.0.0.1:8265``.
+
+Token authentication (Ray's ``RAY_AUTH_MODE=token``): when the dashboard asks for a token,
+it is read as Ray reads it: ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH``,
+else ``~/.ray/auth_token``. It is sent only to a cluster that asks for it.
+
+Ray is imported only when a command runs, so ``unitune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from unitune.errors import UserError
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+PROBE_TIMEOUT_S = 5.0  # one request, no retries: an unreachable cluster fails in seconds
+# Never uploaded: the environment, caches, local stores (the job gets absolute store paths).
+EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.egg-info", ".pytest_cache", ".unitune",
+            "mlruns", "mlruns.db", "mlartifacts", "optuna.db", "exported"]
+FORWARDED_PREFIXES = ("UNITUNE_", "MLFLOW_")  # MLflow credentials, unitune settings
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What ``submit`` sends: a shell entrypoint and a Ray runtime environment."""
+
+    entrypoint: str
+    runtime_env: dict
+    metadata: dict
+
+
+# ---- arguments -------------------------------------------------------------------------
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", metavar="URL",
+                        help="the Ray dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
+                             f"RAY_ADDRESS, or {DEFAULT_ADDRESS})")
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    from unitune.cli import add_job_arguments
+
+    add_job_arguments(parser)
+    _add_address(parser)
+    parser.add_argument("--python", metavar="CMD",
+                        help="the cluster's Python that has unitune installed (default: this "
+                             "Python for a cluster on this machine, else `python`)")
+    parser.add_argument("--allow-local-store", action="store_true",
+                        help="submit to a remote cluster although tracking.uri is a local sqlite/file "
+                             "store (only when the cluster sees the same path, e.g. a shared disk)")
+
+
+def add_job_id_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_id", metavar="JOB_ID", help="the id printed by `unitune submit`")
+    _add_address(parser)
+
+
+def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    add_job_id_arguments(parser)
+    parser.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+
+
+# ---- commands --------------------------------------------------------------------------
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Validate the job here, submit it, print the job id and the dashboard URL."""
+    from unitune.cli import load_job_from_args
+
+    job = load_job_from_args(args)
+    if job.search.space is None:
+        raise UserError(f"{args.job}: search.space: not set; pass --space FILE")
+    address = resolve_address(args.address)
+    submission = plan_submission(job, Path(args.job), args.overrides, address=address,
+                                 python=args.python, allow_local_store=args.allow_local_store)
+    client = connect(address)
+    try:
+        job_id = client.submit_job(entrypoint=submission.entrypoint,
+                                   runtime_env=submission.runtime_env, metadata=submission.metadata)
+    except Exception as exc:  # Ray raises RuntimeError/ValueError with the server's reason
+        raise UserError(f"Ray cluster {address} rejected the job: {_first_line(exc)}") from None
+    print(f"submitted {job_id} to {address}")
+    print(f"  entrypoint: {submission.entrypoint}")
+    print(f"  working_dir: {submission.runtime_env['working_dir']}")
+    print(f"  dashboard: {address}/#/jobs/{job_id}")
+    print(f"  follow it: unitune logs {job_id} --follow --address {address}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and message."""
+    address = resolve_address(args.address)
+    info = _job_info(connect(address), args.job_id, address)
+    print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    """Print the job's logs so far; with ``--follow``, stream them until the job ends."""
+    address = resolve_address(args.address)
+    client = connect(address)
+    _job_info(client, args.job_id, address)  # a clear error for an unknown id
+    if not args.follow:
+        print(client.get_job_logs(args.job_id), end="", flush=True)
+        return 0
+
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(args.job_id):
+            print(chunk, end="", flush=True)
+
+    try:
+        asyncio.run(follow())
+    except RuntimeError as exc:
+        raise UserError(f"lost the log stream of {args.job_id} at {address}: {_first_line(exc)}") from None
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    """Ask the cluster to stop the job (its trials end; logged MLflow runs stay)."""
+    address = resolve_address(args.address)
+    client = connect(address)
+    info = _job_info(client, args.job_id, address)
+    if client.stop_job(args.job_id):
+        print(f"{args.job_id}: stop requested")
+    else:
+        print(f"{args.job_id}: already {info.status}")
+    return 0
+
+
+# ---- pieces ----------------------------------------------------------------------------
+
+def resolve_address(address: str | None) -> str:
+    """The dashboard URL without a trailing slash. Raises ``UserError`` for a non-HTTP address."""
+    source = "--address"
+    if not address:
+        for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+            if os.environ.get(name):
+                address, source = os.environ[name], name
+                break
+        else:
+            return DEFAULT_ADDRESS
+    if not address.startswith(("http://", "https://")):
+        raise UserError(f"{source} {address!r}: expected the Ray dashboard's HTTP address, "
+                        "e.g. http://HEAD:8265")
+    return address.rstrip("/")
+
+
+def find_token() -> tuple[str, str] | None:
+    """Ray's auth token and where it came from, looked up as Ray does; ``None`` if absent.
+
+    Raises ``UserError`` when ``RAY_AUTH_TOKEN_PATH`` names an unreadable file.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    path_var = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(path_var).expanduser() if path_var else Path.home() / ".ray" / "auth_token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        if path_var:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH: file not found: {path}") from None
+        return None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the Ray auth token: {exc}") from None
+    return (token, str(path)) if token else None
+
+
+def probe(address: str) -> dict:
+    """Check that ``address`` is a Ray dashboard we may use; return the headers to send.
+
+    One request with a short timeout, then one with the token if the cluster asks for it.
+
+    Raises:
+        UserError: unreachable, not a Ray dashboard, token needed but absent, token refused.
+    """
+    import requests
+
+    url = f"{address}/api/version"
+    headers: dict = {}
+    try:
+        response = requests.get(url, timeout=PROBE_TIMEOUT_S)
+        if response.status_code == 401:
+            found = find_token()
+            if found is None:
+                raise UserError(f"the Ray cluster at {address} requires token authentication and no "
+                                "token was found: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or put "
+                                "it in ~/.ray/auth_token)")
+            token, source = found
+            headers = {"Authorization": f"Bearer {token}"}
+            response = requests.get(url, timeout=PROBE_TIMEOUT_S, headers=headers)
+            if response.status_code in (401, 403):
+                raise UserError(f"the Ray cluster at {address} refused the auth token from {source}")
+    except requests.RequestException as exc:
+        reason = type(exc).__name__ if isinstance(exc, requests.Timeout) else "connection failed"
+        raise UserError(f"cannot reach the Ray dashboard at {address} ({reason}); is the cluster "
+                        "up and is this its dashboard address (http://HEAD:8265)?") from None
+    try:
+        version = response.json()["ray_version"] if response.ok else None
+    except (ValueError, KeyError, TypeError):
+        version = None
+    if version is None:
+        raise UserError(f"{address} is not a Ray dashboard (GET /api/version: HTTP {response.status_code})")
+    return headers
+
+
+def connect(address: str):
+    """A ``JobSubmissionClient`` for the dashboard at ``address`` (see :func:`probe`)."""
+    headers = probe(address)
+    from ray.job_submission import JobSubmissionClient
+
+    # Ray lets RAY_API_SERVER_ADDRESS/RAY_ADDRESS override the address argument; the
+    # address resolved here (--address first) must win.
+    with _environ(RAY_API_SERVER_ADDRESS=address):
+        try:
+            return JobSubmissionClient(address, headers=headers)
+        except Exception as exc:  # ConnectionError, RuntimeError (version), AuthenticationError
+            raise UserError(f"Ray dashboard at {address}: {_first_line(exc)}") from None
+
+
+def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
+                    python: str | None = None, allow_local_store: bool = False) -> Submission:
+    """The entrypoint and runtime environment that run ``unitune search`` on the cluster.
+
+    ``job``: the validated ``JobSpec`` of ``job_file`` with ``overrides`` applied.
+    The working directory uploaded is the current directory when it holds the job and
+    search-space files (so paths relative to it mean the same there), else their nearest
+    common directory. Local stores are passed as absolute paths, so a search on a cluster
+    on this machine logs into this directory's store, not a copy inside Ray's session.
+
+    Raises:
+        UserError: a local MLflow store with a remote cluster (unless ``allow_local_store``).
+    """
+    from unitune.config import is_local_store, is_remote_address
+
+    remote = is_remote_address(address)
+    uri = job.tracking.uri
+    if remote and is_local_store(uri) and not allow_local_store:
+        raise UserError(f"{job_file}: tracking.uri: {uri} is a local store that the remote cluster "
+                        f"{address} cannot reach; use an http(s):// MLflow server or a shared database "
+                        "(or --allow-local-store if the cluster sees the same path)")
+    job_file = job_file.resolve()
+    space_file = Path(job.search.space).resolve()
+    working_dir = _working_dir(job_file, space_file)
+    job_overrides = ["ray.address=auto"]  # the driver joins the cluster it runs on
+    if is_local_store(uri):
+        from unitune.ui import absolute_store_uri
+
+        job_overrides.append(f"tracking.uri={absolute_store_uri(uri)}")
+        location = job.tracking.artifact_location
+        if location is not None and "://" not in location:
+            job_overrides.append(f"tracking.artifact_location={Path(location).resolve()}")
+    if python is None:
+        python = "python" if remote else sys.executable
+    argv = [*shlex.split(python), "-m", "unitune", "search", str(job_file.relative_to(working_dir)),
+            "--space", str(space_file.relative_to(working_dir)), *overrides, *job_overrides]
+    env = forwarded_env([job_file, space_file])
+    env["PYTHONUNBUFFERED"] = "1"  # logs reach `unitune logs --follow` as they are written
+    runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
+    return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
+                      metadata={"unitune_job": job.name, "unitune_job_file": job_file.name})
+
+
+def forwarded_env(files: list[Path]) -> dict[str, str]:
+    """Environment variables the job needs on the cluster: the ``${VAR}``s its files
+    reference (when set here) and every ``UNITUNE_*``/``MLFLOW_*`` variable."""
+    from unitune.config.loading import ENV_VAR
+
+    names = {m.group(1) for f in files for m in ENV_VAR.finditer(f.read_text(encoding="utf-8"))}
+    names |= {n for n in os.environ if n.startswith(FORWARDED_PREFIXES)}
+    return {n: os.environ[n] for n in sorted(names) if os.environ.get(n)}
+
+
+def _working_dir(job_file: Path, space_file: Path) -> Path:
+    cwd = Path.cwd().resolve()
+    if all(f.is_relative_to(cwd) for f in (job_file, space_file)):
+        return cwd
+    common = Path(os.path.commonpath([job_file.parent, space_file.parent]))
+    if common == Path(common.anchor) or common == Path.home():
+        raise UserError(f"{job_file} and {space_file} share no project directory to upload; "
+                        "run `unitune submit` from the directory that holds both")
+    return common
+
+
+def _job_info(client, job_id: str, address: str):
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as exc:
+        if "404" in str(exc) or "does not exist" in str(exc):
+            raise UserError(f"no job {job_id!r} on the Ray cluster at {address}") from None
+        raise UserError(f"Ray dashboard at {address}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

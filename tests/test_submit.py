@@ -1,0 +1,314 @@
+import http.server
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from unitune import cli, submit
+from unitune.config import load_job
+from unitune.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "jobs" / "demo.yaml"
+TOKEN = "unitune-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def no_token(tmp_path, monkeypatch):
+    """A client environment without any Ray address or auth token."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.ray/auth_token
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS",
+                 "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake_dashboard():
+    """A stand-in for Ray's dashboard: /api/version behind a bearer token (status 401/403)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            auth = self.headers.get("Authorization")
+            if self.path != "/api/version":
+                self.send_response(404)
+            elif auth is None:
+                self.send_response(401)
+            elif auth != f"Bearer {TOKEN}":
+                self.send_response(403)
+            else:
+                body = b'{"version": "4", "ray_version": "2.60.0"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# ---- fast: bad inputs --------------------------------------------------------------------
+
+def test_unreachable_address_exits_2_fast_with_one_line(no_token, capsys):
+    address = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = cli.main(["submit", str(DEMO), "--address", address])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert elapsed < submit.PROBE_TIMEOUT_S + 3
+    assert err.startswith("unitune: error: cannot reach the Ray dashboard at " + address)
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["status", "x"], ["logs", "x"], ["logs", "x", "--follow"], ["stop", "x"]])
+def test_job_commands_on_unreachable_address_exit_2(no_token, capsys, command):
+    assert cli.main([*command, "--address", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert "cannot reach the Ray dashboard" in capsys.readouterr().err
+
+
+def test_missing_job_and_space_files_exit_2(no_token, tmp_path, capsys):
+    assert cli.main(["submit", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: file not found" in capsys.readouterr().err
+    assert cli.main(["submit", str(DEMO), "--space", str(tmp_path / "space.yaml")]) == 2
+    assert "space.yaml" in capsys.readouterr().err
+
+
+def test_non_http_address_is_refused(no_token, capsys):
+    assert cli.main(["status", "x", "--address", "ray://head:10001"]) == 2
+    assert "expected the Ray dashboard's HTTP address" in capsys.readouterr().err
+
+
+def test_address_comes_from_flag_then_environment(no_token, monkeypatch):
+    assert submit.resolve_address(None) == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "http://a:8265/")
+    assert submit.resolve_address(None) == "http://a:8265"
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "https://b:443")
+    assert submit.resolve_address(None) == "https://b:443"
+    assert submit.resolve_address("http://c:8265") == "http://c:8265"
+
+
+def test_local_store_on_a_remote_cluster_is_refused_unless_allowed(no_token, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["submit", str(DEMO), "--address", "http://10.1.2.3:8265"]) == 2
+    assert "tracking.uri: sqlite:///mlruns.db is a local store" in capsys.readouterr().err
+    job = load_job(DEMO)
+    plan = submit.plan_submission(job, DEMO, [], address="http://10.1.2.3:8265", allow_local_store=True)
+    assert shlex.split(plan.entrypoint)[:3] == ["python", "-m", "unitune"]  # the cluster's Python
+
+
+def test_plan_runs_search_in_the_uploaded_project(no_token, tmp_path, monkeypatch):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "spaces").mkdir()
+    space = (ROOT / "search_spaces" / "unified.yaml").read_text()
+    (tmp_path / "spaces" / "s.yaml").write_text(space)
+    job_text = DEMO.read_text().replace("../search_spaces/unified.yaml", "../spaces/s.yaml")
+    job_text = job_text.replace("name: demo", "name: ${UT_TEST_NAME}")
+    (tmp_path / "jobs" / "j.yaml").write_text(job_text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UT_TEST_NAME", "envname")
+    monkeypatch.setenv("UNITUNE_SOMETHING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t")
+    monkeypatch.setenv("UNRELATED_VAR", "x")
+    job = load_job("jobs/j.yaml", ["train.epochs=1"])
+    plan = submit.plan_submission(job, Path("jobs/j.yaml"), ["train.epochs=1"],
+                                  address="http://127.0.0.1:8265")
+    argv = shlex.split(plan.entrypoint)
+    # A cluster on this machine runs this very Python; paths are relative to working_dir.
+    assert argv[:5] == [sys.executable, "-m", "unitune", "search", "jobs/j.yaml"]
+    assert argv[argv.index("--space") + 1] == "spaces/s.yaml"
+    assert "train.epochs=1" in argv and "ray.address=auto" in argv
+    # The store is this directory's, not a copy inside Ray's session directory.
+    assert f"tracking.uri=sqlite:///{tmp_path.resolve()}/mlruns.db" in argv
+    assert f"tracking.artifact_location={tmp_path.resolve()}/mlartifacts" in argv
+    env = plan.runtime_env
+    assert env["working_dir"] == str(tmp_path.resolve())
+    assert {".venv", ".git", "mlruns.db", "mlartifacts", ".unitune"} <= set(env["excludes"])
+    assert env["env_vars"]["UT_TEST_NAME"] == "envname"
+    assert env["env_vars"]["UNITUNE_SOMETHING"] == "1"
+    assert env["env_vars"]["MLFLOW_TRACKING_TOKEN"] == "t"
+    assert "UNRELATED_VAR" not in env["env_vars"]
+    assert plan.metadata["unitune_job"] == "envname"
+
+
+def test_token_is_sent_only_when_the_cluster_asks(no_token, fake_dashboard, monkeypatch, tmp_path):
+    with pytest.raises(UserError, match="requires token authentication and no token was found"):
+        submit.probe(fake_dashboard)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong")
+    with pytest.raises(UserError, match="refused the auth token from RAY_AUTH_TOKEN"):
+        submit.probe(fake_dashboard)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    assert submit.probe(fake_dashboard) == {"Authorization": f"Bearer {TOKEN}"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    (tmp_path / "tok").write_text(TOKEN + "\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert submit.probe(fake_dashboard) == {"Authorization": f"Bearer {TOKEN}"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(TOKEN)  # Ray's default token file
+    assert submit.probe(fake_dashboard) == {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_server_that_is_not_a_ray_dashboard_is_refused(no_token, fake_dashboard):
+    with pytest.raises(UserError, match="is not a Ray dashboard"):
+        submit.probe(fake_dashboard + "/elsewhere")
+
+
+# ---- slow: a real local cluster ----------------------------------------------------------
+
+@pytest.fixture
+def ray_cluster(request, no_token):
+    """A private Ray head on 127.0.0.1 (own temp dir and ports; auth per ``request.param``).
+
+    Yields ``(dashboard_url, env_of_the_cluster)``. Stopped by its own ``ray start --block``
+    process (SIGTERM), then its process group, never by ``ray stop`` (that would stop every
+    Ray on the machine).
+    """
+    mode = getattr(request, "param", "disabled")
+    temp = tempfile.mkdtemp(prefix="ut_ray", dir="/tmp")  # short: Ray's socket paths are limited
+    dashboard = free_port()
+    ports = ["--port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+             "--node-manager-port", "--object-manager-port"]
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+           "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(dashboard), "--num-cpus", "2", "--temp-dir", temp,
+           "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats"]
+    for flag in ports:
+        cmd += [flag, str(free_port())]
+    env = {**os.environ, "RAY_AUTH_MODE": mode}
+    if mode == "token":
+        env["RAY_AUTH_TOKEN"] = TOKEN
+    log = open(Path(temp) / "ray_start.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (Path(temp) / "ray_start.log").read_text()
+            assert time.monotonic() < deadline, "the Ray head did not start in 180 s"
+            try:
+                requests.get(url + "/api/version", timeout=2)
+                break
+            except requests.RequestException:
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of this cluster only: its own group
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_status(address: str, job_id: str, wanted: set[str], timeout: float = 120) -> str:
+    client = submit.connect(address)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id))
+        if status in wanted:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{job_id} never reached {wanted} (last: {status})")
+
+
+@pytest.mark.slow
+def test_status_logs_stop_on_a_local_cluster(ray_cluster, capsys):
+    client = submit.connect(ray_cluster)
+    done = client.submit_job(entrypoint="echo unitune-hello; echo done")
+    sleeper = client.submit_job(entrypoint="echo started; sleep 300")
+
+    assert wait_for_status(ray_cluster, done, {"SUCCEEDED", "FAILED"}) == "SUCCEEDED"
+    assert cli.main(["status", done, "--address", ray_cluster]) == 0
+    assert capsys.readouterr().out.startswith(f"{done}: SUCCEEDED")
+    assert cli.main(["logs", done, "--address", ray_cluster]) == 0
+    assert "unitune-hello\ndone\n" in capsys.readouterr().out
+    assert cli.main(["logs", done, "--follow", "--address", ray_cluster]) == 0
+    assert "unitune-hello" in capsys.readouterr().out
+
+    wait_for_status(ray_cluster, sleeper, {"RUNNING"})
+    assert cli.main(["stop", sleeper, "--address", ray_cluster]) == 0
+    assert "stop requested" in capsys.readouterr().out
+    assert wait_for_status(ray_cluster, sleeper, {"STOPPED", "FAILED", "SUCCEEDED"}) == "STOPPED"
+    assert cli.main(["stop", sleeper, "--address", ray_cluster]) == 0
+    assert "already STOPPED" in capsys.readouterr().out
+
+    assert cli.main(["status", "raysubmit_nosuchjob", "--address", ray_cluster]) == 2
+    assert "no job 'raysubmit_nosuchjob'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ray_cluster", ["token"], indirect=True)
+def test_token_authenticated_cluster(ray_cluster, monkeypatch, capsys):
+    assert cli.main(["status", "x", "--address", ray_cluster]) == 2
+    assert "requires token authentication" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    assert cli.main(["status", "x", "--address", ray_cluster]) == 2
+    assert "refused the auth token" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    job_id = submit.connect(ray_cluster).submit_job(entrypoint="echo authed")
+    assert wait_for_status(ray_cluster, job_id, {"SUCCEEDED", "FAILED"}) == "SUCCEEDED"
+    assert cli.main(["logs", job_id, "--follow", "--address", ray_cluster]) == 0
+    assert "authed" in capsys.readouterr().out
+
+
+# Stands in for the cluster's Python: runs `unitune validate` with exactly the arguments
+# `unitune search` gets, in the uploaded working directory, and shows where it ran.
+FAKE_PYTHON_CODE = ("import os, sys; from unitune.cli import main; print('cwd', os.getcwd()); "
+                    "print('argv', sys.argv[1:]); sys.exit(main(['validate', *sys.argv[4:]]))")
+
+
+@pytest.mark.slow
+def test_submit_uploads_the_project_and_runs_unitune_there(ray_cluster, tmp_path, monkeypatch, capsys):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "jobs" / "demo.yaml").write_text(DEMO.read_text())
+    (tmp_path / "search_spaces" / "unified.yaml").write_text((ROOT / "search_spaces" / "unified.yaml").read_text())
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "big").write_bytes(b"0" * 1024)  # excluded from the upload
+    monkeypatch.chdir(tmp_path)
+    python = f"{sys.executable} -c {shlex.quote(FAKE_PYTHON_CODE)}"
+    assert cli.main(["submit", "jobs/demo.yaml", "--address", ray_cluster, "--python", python,
+                     "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    job_id = out.split()[1]
+    assert f"dashboard: {ray_cluster}/#/jobs/{job_id}" in out
+    assert wait_for_status(ray_cluster, job_id, {"SUCCEEDED", "FAILED"}) == "SUCCEEDED"
+    logs = submit.connect(ray_cluster).get_job_logs(job_id)
+    cwd = Path(logs.split("cwd ", 1)[1].splitlines()[0])
+    assert cwd != tmp_path and (cwd / "jobs" / "demo.yaml").is_file()  # Ray's copy of the project
+    assert not (cwd / ".venv").exists()
+    assert "'search', 'jobs/demo.yaml', '--space', 'search_spaces/unified.yaml'" in logs
+    assert "train:     2 epochs" in logs and "OK" in logs
+    assert f"tracking:  sqlite:///{tmp_path.resolve()}/mlruns.db" in logs  # this directory's store
