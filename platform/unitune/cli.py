@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitune import __version__
+from unitune import __version__, submit, ui  # both import Ray/MLflow only when they run
 from unitune.errors import UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -109,7 +109,13 @@ COMMANDS: list[Command] = [
     # --- register further commands here (each module imported lazily inside its run function):
     # Command("train", ..., add_job_arguments, run_train)        -> unitune.train
     # Command("search", ..., add_search_arguments, run_search)   -> unitune.search
-    # Command("export", ...), Command("submit", ...), Command("ui", ...)
+    # Command("export", ...)
+    Command("submit", "run a search on a Ray cluster (Ray Jobs API)", submit.add_submit_arguments,
+            submit.run_submit),
+    Command("status", "status of a submitted search", submit.add_job_id_arguments, submit.run_status),
+    Command("logs", "logs of a submitted search", submit.add_logs_arguments, submit.run_logs),
+    Command("stop", "stop a submitted search", submit.add_job_id_arguments, submit.run_stop),
+    Command("ui", "browse a job's MLflow store in the MLflow UI", ui.add_arguments, ui.run),
 ]
 
 
