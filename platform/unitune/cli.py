@@ -16,6 +16,7 @@ from pathlib import Path
 
 from unitune import __version__, submit, ui  # both import Ray/MLflow only when they run
 from unitune.errors import UserError
+from unitune.search import command as search_command  # imports Ray/Optuna only when it runs
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -108,7 +109,8 @@ COMMANDS: list[Command] = [
     Command("validate", "check a job and its search space without running", add_job_arguments, run_validate),
     # --- register further commands here (each module imported lazily inside its run function):
     # Command("train", ..., add_job_arguments, run_train)        -> unitune.train
-    # Command("search", ..., add_search_arguments, run_search)   -> unitune.search
+    Command("search", "search the loss's hyperparameters (Ray Tune, Optuna, ASHA; MLflow per trial)",
+            search_command.add_arguments, search_command.run),
     # Command("export", ...)
     Command("submit", "run a search on a Ray cluster (Ray Jobs API)", submit.add_submit_arguments,
             submit.run_submit),

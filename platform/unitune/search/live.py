@@ -43,8 +43,12 @@ class SearchCallback(Callback):
         self.verbose = verbose
         self.rows: dict[str, dict] = {}
         self._last_print = 0.0
+        self._started = time.monotonic()
 
     # -- Tune hooks ---------------------------------------------------------------
+    def setup(self, **info):
+        self._started = time.monotonic()
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial)["state"] = "RUNNING"
         self._event(f"trial {trial.trial_id} started: {self._params_text(trial.config)}")
@@ -91,7 +95,8 @@ class SearchCallback(Callback):
 
     def _event(self, text: str) -> None:
         if self.verbose:
-            print(f"[unitune] {text}", file=sys.stderr, flush=True)
+            elapsed = time.monotonic() - self._started
+            print(f"[unitune {elapsed:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     def print_table(self) -> None:
         """One line per trial: id, state, searched params, epoch, metric, best so far."""

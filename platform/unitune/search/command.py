@@ -1,0 +1,41 @@
+"""``unitune search JOB [--space FILE] [--address ADDR] [--warm-start ID] [overrides]``.
+
+Light at import (the CLI imports it to build its parser); Ray, Optuna and MLflow are
+imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from unitune.cli import add_job_arguments
+
+    add_job_arguments(parser)
+    parser.add_argument("--address", metavar="ADDR",
+                        help="Ray address (default: the job's ray.address; none: a local Ray on 127.0.0.1)")
+    parser.add_argument("--warm-start", metavar="SEARCH_ID",
+                        help="seed the sampler with the completed trials of an earlier search's Optuna study")
+    parser.add_argument("--quiet", action="store_true", help="no live trials table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the search, print its summary; 0 when at least one trial reported."""
+    from unitune.cli import load_job_from_args, load_space_for
+    from unitune.config import require_inputs
+    from unitune.errors import UserError
+
+    job = load_job_from_args(args)
+    space = load_space_for(job)
+    if space is None:
+        raise UserError(f"{job.source}: search.space: not set; give --space FILE")
+    require_inputs(job)
+    from unitune.search.driver import run_search
+    from unitune.search.report import format_summary
+
+    result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
+                        verbose=not args.quiet)
+    print(format_summary(result.summary, job.tracking.uri, args.job))
+    return 0 if result.summary["best"] is not None else 1
