@@ -35,15 +35,16 @@ def read_rows(path: str) -> list[tuple[str, dict]]:
             rows = []
             for n, line in enumerate(handle):
                 if line.strip():
-                    row = json.loads(line)
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path}: line {n + 1}: invalid JSON ({exc.msg})") from None
                     if not isinstance(row, dict):
                         raise UserError(f"{path}: line {n + 1} is not a JSON object")
                     rows.append((f"{path}: line {n + 1}", row))
             return rows
     except FileNotFoundError:
         raise UserError(f"{path}: manifest not found (data.annotations)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path}: cannot read manifest ({exc})") from None
 

@@ -78,12 +78,30 @@ def decode_frames(path: str, indices: list[int], reader: decord.VideoReader | No
     """
     reader = reader if reader is not None else open_video(path)
     try:
-        frames = reader.get_batch(list(indices)).asnumpy()
+        try:
+            frames = reader.get_batch(list(indices)).asnumpy()
+        except Exception as exc:
+            if "size must exactly match" not in str(exc):
+                raise
+            frames = _aligned_reader(path).get_batch(list(indices)).asnumpy()
     except Exception as exc:
         raise UserError(f"{path}: cannot decode frames {list(indices)} ({_first_line(exc)})") from None
     if frames.shape[0] != len(indices):
         raise UserError(f"{path}: decoded {frames.shape[0]} frames, expected {len(indices)}")
     return frames
+
+
+def _aligned_reader(path: str) -> decord.VideoReader:
+    """Reopen with decord's scaler to a width that is a multiple of 32.
+
+    decord 0.6 cannot copy out frames of some small widths (16, 24, 48, 72, ...: "size
+    must exactly match"); scaling up to an aligned width (aspect kept) avoids it.
+    """
+    height, width = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1).next().shape[:2]
+    aligned = 32 * -(-width // 32)
+    return decord.VideoReader(
+        str(path), ctx=decord.cpu(0), num_threads=1, width=aligned, height=2 * round(height * aligned / width / 2)
+    )
 
 
 def load_video(path: str, num_frames: int, *, train: bool, transform) -> torch.Tensor:

@@ -1,0 +1,153 @@
+"""Bad data: each case raises UserError naming the file (error) or is skipped and counted (skip)."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unitune.data import build_dataset, check_batch_size
+from unitune.data.synthetic import write_mp4
+from unitune.errors import UserError
+
+
+def manifest(tmp_path, rows, modality="image", policy="error"):
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return SimpleNamespace(format="manifest", modality=modality, root=None, annotations=str(path),
+                           splits={"train": "train", "val": "val", "test": "test"}, num_frames=2,
+                           on_bad_sample=policy, synthetic=None)
+
+
+def png(tmp_path, name, value=100):
+    Image.fromarray(np.full((12, 12, 3), value, np.uint8)).save(tmp_path / name)
+    return name
+
+
+def truncated_png(tmp_path, name):
+    png(tmp_path, "full_" + name)
+    data = (tmp_path / ("full_" + name)).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) - 30])
+    return name
+
+
+def corrupt(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x89PNG this is not really a png" * 10)
+    return name
+
+
+def good_rows(tmp_path, n=3, split="train"):
+    return [{"image": png(tmp_path, f"ok{k}.png", 40 * k), "caption": f"good {k}", "id": k, "split": split}
+            for k in range(n)]
+
+
+BAD_IMAGES = {
+    "missing file": lambda t: "nowhere.png",
+    "truncated image": lambda t: truncated_png(t, "cut.png"),
+    "corrupt image": lambda t: corrupt(t, "junk.png"),
+    "empty file": lambda t: (t / "zero.png").write_bytes(b"") and None or "zero.png",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_error_names_the_file(tmp_path, case):
+    name = BAD_IMAGES[case](tmp_path)
+    rows = good_rows(tmp_path) + [{"image": name, "caption": "bad", "id": 99, "split": "train"}]
+    spec = manifest(tmp_path, rows)
+    try:  # missing/empty files are caught at construction, content errors on first use
+        dataset = build_dataset(spec, "train")
+    except UserError as exc:
+        assert name in str(exc)
+        return
+    with pytest.raises(UserError, match=name):
+        dataset[len(dataset) - 1]
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_skip_is_counted_and_never_served(tmp_path, case):
+    name = BAD_IMAGES[case](tmp_path)
+    rows = good_rows(tmp_path) + [{"image": name, "caption": "bad", "id": 99, "split": "train"}]
+    dataset = build_dataset(manifest(tmp_path, rows, policy="skip"), "train")
+    assert dataset.skipped == 1 and name in dataset.skip_reasons[0]
+    assert dataset.item_ids.tolist() == [0, 1, 2] and "bad" not in dataset.captions
+    assert all(dataset[j]["visual"].shape == (3, 224, 224) for j in range(len(dataset)))
+
+
+def bad_videos(tmp_path):
+    write_mp4(str(tmp_path / "good.mp4"), [np.full((32, 32, 3), 9 * k, np.uint8) for k in range(6)])
+    data = (tmp_path / "good.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.mp4").write_bytes(b"junk" * 100)
+    import av
+
+    with av.open(str(tmp_path / "zero.mp4"), "w") as container:  # a stream, no frames
+        stream = container.add_stream("libx264", rate=8)
+        stream.height = stream.width = 32
+        stream.pix_fmt = "yuv420p"
+    return ["cut.mp4", "junk.mp4", "zero.mp4", "gone.mp4"]
+
+
+def test_bad_videos_error_and_skip(tmp_path):
+    names = bad_videos(tmp_path)
+    rows = [{"video": "good.mp4", "caption": "fine", "id": 0, "split": "train"}]
+    rows += [{"video": n, "caption": f"bad {k}", "id": k + 1, "split": "train"} for k, n in enumerate(names)]
+    skipped = build_dataset(manifest(tmp_path, rows, "video", "skip"), "train")
+    assert skipped.skipped == 4 and skipped.captions == ["fine"]
+    assert sorted(r.split(":")[0].rsplit("/", 1)[-1] for r in skipped.skip_reasons) == sorted(names)
+    assert skipped[0]["visual"].shape == (2, 3, 224, 224)
+    for k, name in enumerate(names):
+        only = [rows[0], rows[k + 1]]
+        try:
+            dataset = build_dataset(manifest(tmp_path, only, "video"), "train")
+            dataset[1]
+        except UserError as exc:
+            assert name in str(exc)
+        else:
+            pytest.fail(f"{name} was served")
+
+
+def test_empty_caption_error_names_file_and_line(tmp_path):
+    rows = good_rows(tmp_path)
+    rows[1]["caption"] = "   "
+    with pytest.raises(UserError, match=r"m\.jsonl: line 2: caption 0 is empty"):
+        build_dataset(manifest(tmp_path, rows), "train")
+    dataset = build_dataset(manifest(tmp_path, rows, policy="skip"), "train")
+    # the caption is dropped, and with it the item that has no caption left
+    assert dataset.skipped == 2 and dataset.item_ids.tolist() == [0, 2]
+
+
+def test_empty_split_and_all_skipped(tmp_path):
+    rows = good_rows(tmp_path) + [{"image": "nowhere.png", "caption": "x", "id": 5, "split": "val"}]
+    with pytest.raises(UserError, match=r"nowhere\.png"):
+        build_dataset(manifest(tmp_path, rows), "val")
+    with pytest.raises(UserError, match=r"m\.jsonl: split 'val' \(data\.splits\.val\) is empty after skipping 1"):
+        build_dataset(manifest(tmp_path, rows, policy="skip"), "val")
+
+
+def test_unknown_split_names_file_and_key(tmp_path):
+    spec = manifest(tmp_path, good_rows(tmp_path))
+    with pytest.raises(UserError, match=r"m\.jsonl: split 'test' \(data\.splits\.test\) not found; available: train"):
+        build_dataset(spec, "test")
+    with pytest.raises(UserError, match=r"data\.splits\.holdout"):
+        build_dataset(spec, "holdout")
+
+
+def test_fewer_captions_than_one_batch(tmp_path):
+    dataset = build_dataset(manifest(tmp_path, good_rows(tmp_path)), "train")
+    check_batch_size(dataset, 3)
+    with pytest.raises(UserError, match=r"m\.jsonl: split 'train' has 3 captions, fewer than one batch of 4 \(train\.batch_size\)"):
+        check_batch_size(dataset, 4)
+
+
+def test_bad_policy_and_missing_annotations(tmp_path):
+    with pytest.raises(UserError, match="data.on_bad_sample"):
+        build_dataset(manifest(tmp_path, good_rows(tmp_path), policy="ignore"), "train")
+    spec = manifest(tmp_path, good_rows(tmp_path))
+    spec.annotations = str(tmp_path / "absent.jsonl")
+    with pytest.raises(UserError, match=r"absent\.jsonl: manifest not found"):
+        build_dataset(spec, "train")
+    (tmp_path / "broken.jsonl").write_text('{"image": "a.png",\n')
+    spec.annotations = str(tmp_path / "broken.jsonl")
+    with pytest.raises(UserError, match=r"broken\.jsonl: line 1: invalid JSON"):
+        build_dataset(spec, "train")
