@@ -56,6 +56,8 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     from unitune.cli import add_job_arguments
 
+    parser.epilog = ("The search runs as `python -m unitune search JOB` on the cluster's head node, "
+                     "so the cluster's Python must have unitune installed.")
     add_job_arguments(parser)
     _add_address(parser)
     parser.add_argument("--python", metavar="CMD",

@@ -1,0 +1,112 @@
+"""Screenshot the MLflow UI's runs page of a search, in headless Chromium.
+
+    python scripts/screenshot_ui.py --store sqlite:///mlruns.db --experiment demo --out docs/images/mlflow_runs.png
+    python scripts/screenshot_ui.py --out /tmp/runs.png      # a dummy search in a temp store
+
+Starts the UI the way ``unitune ui`` does (``unitune.ui.start_ui``), opens
+``#/experiments/<id>/runs`` and lets the React app render for ``--budget-ms`` of virtual
+time before the screenshot. Needs Debian's ``chromium`` (``apt-get install chromium``).
+Without ``--store``, a dummy search (a parent run and two trial runs with per-epoch
+metrics) is logged with mlflow into a temporary sqlite store.
+
+The runs table opens with the search's parent run collapsed, and MLflow 3.17 opens its
+Assistant panel on a first visit; both live in the browser's localStorage, which a plain
+``--screenshot`` run cannot preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from unitune.ui import start_ui, stop_ui
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", help="tracking URI (default: a dummy search in a temp sqlite store)")
+    parser.add_argument("--experiment", default="demo", help="experiment name (default: demo)")
+    parser.add_argument("--out", default="mlflow_runs.png", help="PNG to write")
+    parser.add_argument("--view", default="TABLE", choices=["TABLE", "CHART"],
+                        help="the runs table or the metric charts (default TABLE)")
+    parser.add_argument("--size", default="1400,900", help="window size W,H")
+    parser.add_argument("--budget-ms", type=int, default=20000,
+                        help="virtual time the page gets to render (default 20000)")
+    args = parser.parse_args(argv)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        sys.exit("screenshot_ui: chromium not found (apt-get install chromium)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ut_shot") as tmp:
+        store = args.store or dummy_store(Path(tmp), args.experiment)
+        port = free_port()
+        proc = start_ui(store, str(Path(tmp) / "artifacts"), port=port)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            url = (f"{base}/#/experiments/{experiment_id(base, args.experiment)}/runs"
+                   f"?workflowType=machine_learning&compareRunsMode={args.view}")
+            out = Path(args.out).resolve()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shot = time.monotonic()
+            subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/chromium",
+                            f"--window-size={args.size}", f"--virtual-time-budget={args.budget_ms}",
+                            f"--screenshot={out}", url],
+                           check=True, capture_output=True, timeout=300)
+        finally:
+            stop_ui(proc)
+    print(f"{out}: {url} (browser {time.monotonic() - shot:.1f} s, total {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def dummy_store(directory: Path, experiment: str) -> str:
+    """Log a small fake search (parent + 2 trials, 6 epochs each) into a new sqlite store."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{directory / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(experiment, artifact_location=str(directory / "artifacts"))
+    parent = client.create_run(exp, run_name="search-demo", tags={"unitune.role": "search"}).info.run_id
+    for i, (margin, gamma, rate) in enumerate([(0.1, 20.0, 0.9), (0.3, 50.0, 0.6)]):
+        run = client.create_run(exp, run_name=f"trial_{i:05d}",
+                                tags={"mlflow.parentRunId": parent, "unitune.trial_state": "completed"})
+        rid = run.info.run_id
+        for key, value in {"loss.margin": margin, "loss.gamma": gamma, "loss.mining": "all"}.items():
+            client.log_param(rid, key, value)
+        for epoch in range(1, 7):
+            rsum = 300 * (1 - math.exp(-rate * epoch))
+            client.log_metric(rid, "rsum", rsum, step=epoch)
+            client.log_metric(rid, "train_loss", 4 * math.exp(-rate * epoch), step=epoch)
+        client.set_terminated(rid)
+    client.set_terminated(parent)
+    return uri
+
+
+def experiment_id(base: str, name: str) -> str:
+    query = urllib.parse.urlencode({"experiment_name": name})
+    with urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/experiments/get-by-name?{query}",
+                                timeout=30) as response:
+        return json.load(response)["experiment"]["experiment_id"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
