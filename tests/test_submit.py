@@ -312,3 +312,29 @@ def test_submit_uploads_the_project_and_runs_unitune_there(ray_cluster, tmp_path
     assert "'search', 'jobs/demo.yaml', '--space', 'search_spaces/unified.yaml'" in logs
     assert "train:     2 epochs" in logs and "OK" in logs
     assert f"tracking:  sqlite:///{tmp_path.resolve()}/mlruns.db" in logs  # this directory's store
+
+
+TINY = ["search.num_trials=2", "search.max_concurrent=1", "train.epochs=1", "train.batch_size=16",
+        "train.eval_batch_size=64", "model.embed_dim=32", "data.synthetic.num_train=64",
+        "data.synthetic.num_val=32", "data.synthetic.num_test=16", "data.synthetic.image_size=16"]
+
+
+@pytest.mark.slow
+def test_submitted_demo_search_logs_into_this_directory(ray_cluster, tmp_path, monkeypatch, capsys):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "jobs" / "demo.yaml").write_text(DEMO.read_text())
+    (tmp_path / "search_spaces" / "unified.yaml").write_text((ROOT / "search_spaces" / "unified.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["submit", "jobs/demo.yaml", "--address", ray_cluster, *TINY]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    status = wait_for_status(ray_cluster, job_id, {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=600)
+    logs = submit.connect(ray_cluster).get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")  # the store of this directory
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 3
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs if r not in parents)

@@ -70,6 +70,7 @@ def test_port_in_use_is_a_user_error(tmp_path):
     assert not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.slow  # 7 s on an idle machine, up to 40 s on a busy one (schema creation)
 def test_ui_serves_the_store_and_ctrl_c_stops_every_process(tmp_path):
     (tmp_path / "mlruns.db").touch()  # an empty file is an empty sqlite database
     port = free_port()
