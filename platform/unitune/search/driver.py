@@ -151,7 +151,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
             cluster, an unknown warm-start study.
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.logger import JsonLoggerCallback
 
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
@@ -194,7 +194,8 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
                                run_config=tune.RunConfig(name=search_id, storage_path=storage_path,
-                                                         callbacks=[callback], verbose=0))
+                                                         callbacks=[callback, JsonLoggerCallback()],
+                                                         verbose=0))
         tuner.fit()
         state = "completed"
     finally:
@@ -208,7 +209,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     return SearchResult(search_id, parent, experiment, summary, resumed)
 
 
-def _tune_config(space: SearchSpaceSpec, search_id: str, storage) -> "tune.TuneConfig":
+def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 

@@ -14,10 +14,8 @@ state of a run (tags, convergence speed, MLflow status) is written by
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from unitune.config import JobSpec, apply_overrides
 from unitune.search.convergence import convergence_summary
@@ -221,10 +219,6 @@ def finalize_trial(setup: TrialSetup, run_id: str, state: str, *, stop_epoch: in
     return conv
 
 
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def trial_resources(job: JobSpec) -> dict:
     """Resources of the trial process: a one-worker trial trains in it; a multi-worker
     trial only waits on its ``TorchTrainer`` (0 CPU, else 2 workers deadlock on 2 CPUs)."""
@@ -233,6 +227,3 @@ def trial_resources(job: JobSpec) -> dict:
         return {"cpu": res.cpu_per_worker, "gpu": res.gpu_per_worker if res.use_gpu else 0}
     return {"cpu": 0, "memory": 512 * 1024 ** 2}
 
-
-def storage_dir(base: str | os.PathLike) -> str:
-    return os.path.abspath(base)

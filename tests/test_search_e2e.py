@@ -1,0 +1,137 @@
+"""End-to-end search on a local Ray with a temporary sqlite MLflow store and tiny data."""
+
+import math
+
+import optuna
+import pytest
+
+import unitune.search.space as space_module
+from unitune.config import JobSpec, SearchSpaceSpec
+from unitune.search.driver import optuna_storage_url, run_search
+from unitune.search.report import format_summary
+from unitune.tracking import Tracker
+
+DIVERGING_GAMMA = 1.0e39  # gamma * similarity overflows float32: the loss turns NaN at once
+# Random sampling makes the sequence of sampled configs independent of the results, so this
+# seed is known to give exactly one diverging trial (the 2nd of 5), both mining modes among
+# the others, and a slow learning rate last (for ASHA to stop).
+SAMPLER_SEED = 46
+CHANCE_RSUM = 2 * 100 * (1 + 5 + 10) / 32  # R@1+R@5+R@10 of random ranking, both directions
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    import ray
+
+    root = tmp_path_factory.mktemp("search")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setattr(space_module, "make_sampler", lambda spec: optuna.samplers.RandomSampler(seed=SAMPLER_SEED))
+        job = JobSpec.model_validate({
+            "name": "e2e",
+            "data": {"synthetic": {"num_train": 64, "num_val": 32, "num_test": 16, "image_size": 16,
+                                   "cache_dir": str(root / "data")}},
+            "model": {"embed_dim": 32},
+            "train": {"epochs": 2, "batch_size": 16, "eval_batch_size": 64},
+            "tracking": {"uri": "sqlite:///mlruns.db", "artifact_location": "mlartifacts"},
+        })
+        space = SearchSpaceSpec.model_validate({
+            "metric": "rsum", "mode": "max", "num_trials": 5, "max_concurrent": 2, "seed": 0,
+            "target": 150, "asha": {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2},
+            "params": {
+                "loss.margin": {"type": "uniform", "low": 0.0, "high": 0.4},
+                "loss.gamma": {"type": "choice", "values": [20.0, DIVERGING_GAMMA]},
+                "loss.mining": {"type": "choice", "values": ["all", "topk"]},
+                "loss.topk": {"type": "int", "low": 2, "high": 8, "when": {"loss.mining": "topk"}},
+                "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-3},
+            },
+            "fixed": {"loss.scale_by_gamma": False},
+        })
+        try:
+            result = run_search(job, space, verbose=False)
+        finally:
+            ray.shutdown()
+        tracker = Tracker(f"sqlite:///{root}/mlruns.db")
+        yield result, tracker, space, root
+
+
+def _runs(tracker, result):
+    exp = tracker.experiment_id(result.experiment)
+    return tracker.client.search_runs([exp], max_results=1000)
+
+
+def test_one_parent_and_one_child_per_trial(search):
+    result, tracker, space, _ = search
+    runs = _runs(tracker, result)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    assert len(children) == len(runs) - 1 == space.num_trials
+    assert len({c.data.tags["unitune.trial_id"] for c in children}) == space.num_trials
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert tracker.run_status(result.parent_run_id) == "FINISHED"
+
+
+def test_children_states_metrics_and_conditional_params(search):
+    result, tracker, space, _ = search
+    children = [r for r in _runs(tracker, result) if r.info.run_id != result.parent_run_id]
+    states = {}
+    for run in children:
+        tags, params, run_id = run.data.tags, run.data.params, run.info.run_id
+        state = tags["unitune.state"]
+        states[run_id] = state
+        expected_status = {"completed": "FINISHED", "stopped_by_asha": "KILLED", "failed": "FAILED"}[state]
+        assert run.info.status == expected_status
+        # conditional parameter present exactly when its condition holds
+        assert ("loss.topk" in params) == (params["loss.mining"] == "topk")
+        metrics = tracker.get_metrics(run_id)
+        for key in ("epochs_to_target", "seconds_to_target", "epochs_to_90pct_best",
+                    "normalized_auc", "best_value", "best_epoch"):
+            assert key in metrics
+        if float(params["loss.gamma"]) == DIVERGING_GAMMA:
+            assert state == "failed"
+            assert "NaN" in tags["unitune.error"] or "nan" in tags["unitune.error"]
+            assert metrics["epochs_to_target"] == math.inf
+            continue
+        assert state in ("completed", "stopped_by_asha")
+        history = tracker.metric_history(run_id, "rsum")
+        epochs = [step for step, _ in history]
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs
+        if state == "completed":
+            assert len(epochs) == space.asha.max_epochs
+        else:
+            assert int(tags["unitune.stopped_at_epoch"]) == len(epochs) < space.asha.max_epochs
+        values = [v for _, v in history]
+        assert metrics["best_value"] == max(values)
+    assert "failed" in states.values(), "the diverging gamma was never sampled"
+    assert "stopped_by_asha" in states.values()
+    assert "completed" in states.values()
+
+
+def test_best_trial_and_summary(search):
+    result, tracker, space, _ = search
+    best = result.summary["best"]
+    assert best is not None and best["metrics"]["best_value"] > 1.3 * CHANCE_RSUM
+    assert best["state"] != "failed"
+    text = format_summary(result.summary, "sqlite:///mlruns.db", "jobs/x.yaml")
+    assert best["run_id"] in text and "unitune ui jobs/x.yaml" in text
+    artifacts = {f.path for f in tracker.client.list_artifacts(result.parent_run_id)}
+    assert {"job.yaml", "space.yaml", "trials.csv", "best_config.yaml", "plots"} <= artifacts
+    plots = {f.path for f in tracker.client.list_artifacts(result.parent_run_id, "plots")}
+    assert "plots/curves.png" in plots and "plots/parallel_coordinates.png" in plots
+
+
+def test_optuna_study_holds_the_same_trials(search):
+    result, tracker, space, root = search
+    url = optuna_storage_url(f"sqlite:///{root}/mlruns.db")
+    study = optuna.load_study(study_name=result.search_id, storage=url)
+    children = [r for r in _runs(tracker, result) if r.info.run_id != result.parent_run_id]
+    mlflow_trials = {r.data.tags["unitune.trial_id"]: r for r in children}
+    optuna_trials = {t.user_attrs["trial_id"]: t for t in study.trials}
+    assert set(optuna_trials) == set(mlflow_trials)
+    for trial_id, t in optuna_trials.items():
+        run = mlflow_trials[trial_id]
+        sampled = {k: v for k, v in run.data.params.items() if k in space.params}
+        assert {k: str(v) for k, v in t.params.items()} == sampled
+        failed = run.data.tags["unitune.state"] == "failed"
+        assert (t.state == optuna.trial.TrialState.FAIL) == failed

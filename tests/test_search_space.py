@@ -1,0 +1,116 @@
+import pickle
+import warnings
+
+import optuna
+import pytest
+
+from unitune.config import SearchSpaceSpec
+from unitune.search.driver import warm_start
+from unitune.search.space import define_by_run, distribution, make_searcher
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _space(**extra):
+    data = {
+        "metric": "rsum", "mode": "max", "num_trials": 8, "max_concurrent": 2, "seed": 3, "target": 150,
+        "params": {
+            # a child listed before its parent: sampling order must still be parent first
+            "loss.topk": {"type": "int", "low": 2, "high": 16, "when": {"loss.mining": "topk"}},
+            "loss.warmup_epochs": {"type": "int", "low": 0, "high": 2, "when": {"loss.mining": ["hardest"]}},
+            "loss.mining": {"type": "choice", "values": ["all", "hardest", "topk"]},
+            "loss.margin": {"type": "uniform", "low": 0.0, "high": 0.4},
+            "loss.gamma": {"type": "loguniform", "low": 5.0, "high": 100.0},
+        },
+        "fixed": {"loss.scale_by_gamma": False},
+    }
+    data.update(extra)
+    return SearchSpaceSpec.model_validate(data)
+
+
+def _reference_keys(mining):
+    """Which keys a config must hold, written out by hand."""
+    keys = {"loss.mining", "loss.margin", "loss.gamma"}
+    if mining == "topk":
+        keys.add("loss.topk")
+    if mining == "hardest":
+        keys.add("loss.warmup_epochs")
+    return keys
+
+
+def test_conditional_params_exist_only_when_their_condition_holds():
+    spec = _space()
+    fn = define_by_run(spec)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        assert fn(trial) == {"loss.scale_by_gamma": False}
+        params = trial.params
+        assert set(params) == _reference_keys(params["loss.mining"])
+        assert 0.0 <= params["loss.margin"] <= 0.4 and 5.0 <= params["loss.gamma"] <= 100.0
+        if "loss.topk" in params:
+            assert isinstance(params["loss.topk"], int) and 2 <= params["loss.topk"] <= 16
+        for name, dist in trial.distributions.items():
+            assert dist == distribution(spec.params[name])
+        seen.add(params["loss.mining"])
+        study.tell(trial, 1.0)
+    assert seen == {"all", "hardest", "topk"}
+
+
+def test_loguniform_is_log_scale():
+    dist = distribution(_space().params["loss.gamma"])
+    assert dist.log and (dist.low, dist.high) == (5.0, 100.0)
+
+
+def test_define_by_run_pickles():
+    fn = pickle.loads(pickle.dumps(define_by_run(_space())))
+    trial = optuna.create_study().ask()
+    fn(trial)
+    assert "loss.mining" in trial.params
+
+
+def test_searcher_in_rdb_storage_tags_trial_ids_and_is_seeded(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    configs = []
+    for name in ("a", "b"):
+        searcher = make_searcher(_space(), study_name=name, storage=optuna.storages.RDBStorage(url))
+        configs.append([searcher.suggest(f"t{i}") for i in range(3)])
+        for i in range(3):
+            searcher.on_trial_complete(f"t{i}", {"rsum": 100.0 + i, "training_iteration": 1})
+    assert configs[0] == configs[1]  # same seed, same samples
+    assert all(c["loss.scale_by_gamma"] is False for c in configs[0])
+    study = optuna.load_study(study_name="a", storage=url)
+    assert [t.user_attrs["trial_id"] for t in study.trials] == ["t0", "t1", "t2"]
+    assert [t.value for t in study.trials] == [100.0, 101.0, 102.0]
+
+
+def test_pareto_searcher_has_two_directions(tmp_path):
+    spec = _space(objectives=[{"metric": "rsum", "mode": "max"}, {"metric": "epochs_to_target", "mode": "min"}])
+    searcher = make_searcher(spec, study_name="p", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db"))
+    assert searcher.metric == ["rsum", "epochs_to_target"]
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"rsum": 200.0, "epochs_to_target": 2.0})
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/o.db")
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert study.trials[0].values == [200.0, 2.0]
+
+
+def test_warm_start_copies_completed_trials_that_fit(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    spec = _space()
+    old = make_searcher(spec, study_name="old", storage=storage)
+    for i in range(4):
+        old.suggest(f"t{i}")
+    for i in range(3):  # the 4th stays running: not copied
+        old.on_trial_complete(f"t{i}", {"rsum": 10.0 * i})
+    narrower = _space(params={**spec.model_dump()["params"],
+                              "loss.margin": {"type": "uniform", "low": 0.0, "high": 0.3}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert warm_start(storage, "old", "same", spec) == 3
+        assert warm_start(storage, "old", "other", narrower) == 0  # margin's distribution changed
+    new = make_searcher(spec, study_name="same", storage=storage)
+    assert len(new._ot_study.trials) == 3
+    with pytest.raises(Exception, match="no Optuna study 'missing'"):
+        warm_start(storage, "missing", "x", spec)
