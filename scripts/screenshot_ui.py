@@ -4,22 +4,25 @@
     python scripts/screenshot_ui.py --out /tmp/runs.png      # a dummy search in a temp store
 
 Starts the UI the way ``unitune ui`` does (``unitune.ui.start_ui``), opens
-``#/experiments/<id>/runs`` and lets the React app render for ``--budget-ms`` of virtual
-time before the screenshot. Needs Debian's ``chromium`` (``apt-get install chromium``).
+``#/experiments/<id>/runs`` in headless Chromium, waits until the React app has rendered
+the runs, expands each search (parent run) to show its trials, closes the Assistant panel
+MLflow opens on a first visit, and saves a screenshot (all through the DevTools protocol).
+Needs Debian's ``chromium`` (``apt-get install chromium``).
 Without ``--store``, a dummy search (a parent run and two trial runs with per-epoch
 metrics) is logged with mlflow into a temporary sqlite store.
-
-The runs table opens with the search's parent run collapsed, and MLflow 3.17 opens its
-Assistant panel on a first visit; both live in the browser's localStorage, which a plain
-``--screenshot`` run cannot preset.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import itertools
 import json
 import math
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +37,9 @@ from unitune.ui import start_ui, stop_ui
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
+# The expander of a parent run's row, and the Assistant panel MLflow opens on a first visit.
+EXPAND_RUNS = 'button[data-component-id$="runnamecellrenderer.tsx_46"]'
+CLOSE_ASSISTANT = '[data-component-id="mlflow.assistant.chat_panel.close"]'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--view", default="TABLE", choices=["TABLE", "CHART"],
                         help="the runs table or the metric charts (default TABLE)")
     parser.add_argument("--size", default="1400,900", help="window size W,H")
-    parser.add_argument("--budget-ms", type=int, default=20000,
-                        help="virtual time the page gets to render (default 20000)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds the page gets after the runs are expanded (default 3)")
     args = parser.parse_args(argv)
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -62,14 +68,66 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out).resolve()
             out.parent.mkdir(parents=True, exist_ok=True)
             shot = time.monotonic()
-            subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/chromium",
-                            f"--window-size={args.size}", f"--virtual-time-budget={args.budget_ms}",
-                            f"--screenshot={out}", url],
-                           check=True, capture_output=True, timeout=300)
+            png = asyncio.run(capture(browser, url, Path(tmp) / "chromium", args.size, args.settle))
+            out.write_bytes(png)
         finally:
             stop_ui(proc)
     print(f"{out}: {url} (browser {time.monotonic() - shot:.1f} s, total {time.monotonic() - started:.1f} s)")
     return 0
+
+
+async def capture(browser: str, url: str, profile: Path, size: str, settle: float) -> bytes:
+    """Open ``url`` in headless Chromium, expand the parent runs, close the Assistant
+    panel and return a PNG of the window (Chrome DevTools Protocol over a websocket)."""
+    import aiohttp  # installed with ray[default]
+
+    proc = subprocess.Popen([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+                             "--remote-debugging-port=0", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        port = await _devtools_port(profile / "DevToolsActivePort", proc)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                page = next(t for t in await response.json() if t["type"] == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = itertools.count(1)
+
+                async def call(method: str, **params) -> dict:
+                    key = next(ids)
+                    await ws.send_json({"id": key, "method": method, "params": params})
+                    while True:
+                        message = await ws.receive_json(timeout=60)
+                        if message.get("id") == key:
+                            if "error" in message:
+                                raise RuntimeError(f"{method}: {message['error']}")
+                            return message["result"]
+
+                async def js(expression: str):
+                    result = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+                    return result["result"].get("value")
+
+                await call("Page.navigate", url=url)
+                deadline = time.monotonic() + 120
+                while not await js(f"document.querySelectorAll('{EXPAND_RUNS}').length > 0"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{url}: no parent run rendered within 120 s")
+                    await asyncio.sleep(0.5)
+                await js(f"document.querySelectorAll('{EXPAND_RUNS}').forEach(b => b.click());"
+                         f"document.querySelector('{CLOSE_ASSISTANT}')?.click()")
+                await asyncio.sleep(settle)
+                return base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+
+
+async def _devtools_port(port_file: Path, proc: subprocess.Popen) -> int:
+    deadline = time.monotonic() + 60
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("chromium did not open its DevTools port")
+        await asyncio.sleep(0.2)
+    return int(port_file.read_text().split()[0])
 
 
 def dummy_store(directory: Path, experiment: str) -> str:
