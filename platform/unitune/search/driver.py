@@ -138,13 +138,14 @@ def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
 
 def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = None,
                warm_start_from: str | None = None, train_fn: Callable | None = None,
-               verbose: bool = True) -> SearchResult:
+               callbacks: list | None = None, verbose: bool = True) -> SearchResult:
     """Run (or resume) the search of ``space`` over ``job``; return its summary.
 
     Args:
         address: Ray address; ``None`` uses ``job.ray.address`` (``None``: local Ray).
         warm_start_from: a previous search id whose Optuna trials seed the sampler.
         train_fn: replaces ``unitune.train.run_training`` (tests).
+        callbacks: more ``ray.tune.Callback``s (benchmarks); not used on resume.
 
     Raises:
         UserError: unreachable MLflow store or Ray cluster, a local store with a remote
@@ -194,7 +195,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
                                run_config=tune.RunConfig(name=search_id, storage_path=storage_path,
-                                                         callbacks=[callback, JsonLoggerCallback()],
+                                                         callbacks=[callback, JsonLoggerCallback(), *(callbacks or [])],
                                                          verbose=0))
         tuner.fit()
         state = "completed"
