@@ -18,7 +18,7 @@ Memory: the similarity matrix is visited tile by tile. Items are ordered by grou
 cut into blocks of whole groups of at most ``chunk_size`` items (a single group larger
 than that makes a block of its own); a tile holds one block's items against another
 block's captions, so at most ``chunk_size x (captions of chunk_size items)`` similarity
-entries exist at a time, plus per-anchor vectors. All ground truths of a block lie in its
+entries exist at a time (with a few temporaries of the tile's size and per-anchor vectors). All ground truths of a block lie in its
 diagonal tile, so the diagonal tiles are visited first to find the best ground-truth
 scores; every tile is computed exactly once.
 
@@ -290,27 +290,35 @@ class _Layout:
                     best_item = torch.empty(ib[-1], dtype=s.dtype, device=device)
                     best_caption = torch.empty(cb[-1], dtype=s.dtype, device=device)
                 hit = self.item_group[rs:re, None] == self.caption_group[None, cs:ce]
-                gt = s.masked_fill(~hit, float("-inf"))
+                gt = torch.where(hit, s, float("-inf"))
                 best_item[rs:re] = gt.amax(1)
                 best_caption[cs:ce] = gt.amax(0)
-                item_count[rs:re] += (s > best_item[rs:re, None]).sum(1)
-                caption_count[cs:ce] += (s > best_caption[None, cs:ce]).sum(0)
+                _count_above(s, best_item[rs:re], best_caption[cs:ce], item_count[rs:re], caption_count[cs:ce])
             # Pass 2: off-diagonal tiles hold only candidates; count those that beat the best ground truth.
             for b in range(num_blocks):
                 rs, re = ib[b], ib[b + 1]
-                best_rows = best_item[rs:re, None]
                 for k in range(num_blocks):
                     if k == b:
                         continue
                     cs, ce = cb[k], cb[k + 1]
                     s = tile(rs, re, cs, ce)
-                    item_count[rs:re] += (s > best_rows).sum(1)
-                    caption_count[cs:ce] += (s > best_caption[None, cs:ce]).sum(0)
+                    _count_above(s, best_item[rs:re], best_caption[cs:ce], item_count[rs:re], caption_count[cs:ce])
         item_ranks = torch.empty_like(item_count)
         item_ranks[self.item_order] = item_count + 1
         caption_ranks = torch.empty_like(caption_count)
         caption_ranks[self.caption_order] = caption_count + 1
         return item_ranks, caption_ranks
+
+
+def _count_above(
+    s: torch.Tensor, row_best: torch.Tensor, col_best: torch.Tensor, row_count: torch.Tensor, col_count: torch.Tensor
+) -> None:
+    """Add to the counters, in place, how many entries of the tile ``s`` [R, C] lie strictly
+    above each row's ``row_best`` [R] and each column's ``col_best`` [C]."""
+    # int32 partial sums: a tile side is far below 2**31, and summing bools into int64 is
+    # several times slower on CPU.
+    row_count += (s > row_best[:, None]).sum(1, dtype=torch.int32)
+    col_count += (s > col_best[None, :]).sum(0, dtype=torch.int32)
 
 
 def _group_blocks(item_group: torch.Tensor, chunk_size: int) -> list[int]:
