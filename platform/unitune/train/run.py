@@ -1,0 +1,182 @@
+"""``unitune train JOB``: one Ray Train ``TorchTrainer`` run, logged as one MLflow run.
+
+The workers only report (``ray.train.report``); a Ray Train callback on the controller
+(which Ray places on the driver's node) writes each report to MLflow as it arrives, so the
+MLflow run fills in live and keeps what was logged if the run later fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+
+from unitune.config import JobSpec
+from unitune.errors import UserError
+from unitune.tracking import Tracker
+from unitune.train.loop import NonFiniteLossError
+from unitune.train.worker import MODEL_DIR, train_loop_per_worker
+
+STORAGE_DIR = ".unitune/ray"  # Ray Train checkpoints while a run lasts (relative to the cwd)
+TABLE_KEYS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum",
+              "medr_i2t", "meanr_i2t", "medr_t2i", "meanr_t2i")
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"margin": 0.2}}`` -> ``{"loss.margin": 0.2}`` (MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    """The numeric entries of a report, without ``epoch`` (it is the MLflow step)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class MlflowCallback(UserCallback):
+    """Logs rank 0's report of each epoch to one MLflow run, with ``step = epoch``."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker = tracker
+        self.run_id = run_id
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self.tracker.log_metrics(self.run_id, numeric(metrics[0]), step=int(metrics[0]["epoch"]))
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address``, or start a local Ray bound to 127.0.0.1 without a dashboard.
+
+    Returns True when this call started or connected Ray (the caller shuts it down),
+    False when Ray was already initialised in this process.
+    """
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+    else:
+        ray.init(address=address)
+    return True
+
+
+def worker_config(job: JobSpec, *, evaluate_test: bool) -> dict:
+    """The ``train_loop_config`` of the trainer: the job as plain data.
+
+    Ray Train starts workers in their own run directory, so the one path the job keeps
+    relative to the working directory (the synthetic data cache) is made absolute here.
+    """
+    data = job.model_dump(mode="json")
+    cache = data["data"]["synthetic"]["cache_dir"]
+    data["data"]["synthetic"]["cache_dir"] = str(Path(cache).resolve())
+    return {"job": data, "evaluate_test": evaluate_test}
+
+
+def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
+                  callbacks: list | None = None, evaluate_test: bool = True) -> TorchTrainer:
+    """One ``TorchTrainer`` with the job's resources, checkpoints and retry budget.
+
+    ``UNITUNE_*`` environment variables of this process are passed on to the workers.
+    """
+    res = job.resources
+    per_worker = {"CPU": res.cpu_per_worker, **({"GPU": res.gpu_per_worker} if res.use_gpu else {})}
+    env = {k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker_config(job, evaluate_test=evaluate_test),
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=job.train.max_failures),
+            # Only the latest checkpoint is needed to resume; the model goes to MLflow.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks or [],
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+
+
+def format_table(metrics: dict) -> str:
+    """Final metrics: one row per retrieval metric, validation and (if present) test."""
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.2f}" if math.isfinite(value) else str(value)
+
+    lines = [f"{'metric':<10} {'val':>9} {'test':>9}"]
+    for key in TABLE_KEYS:
+        if key in metrics or f"test_{key}" in metrics:
+            lines.append(f"{key:<10} {cell(metrics.get(key)):>9} {cell(metrics.get(f'test_{key}')):>9}")
+    lines.append(f"epochs {metrics.get('epoch')}, train loss {metrics.get('train_loss', float('nan')):.4f}, "
+                 f"train time {metrics.get('train_time_s', float('nan')):.1f} s")
+    return "\n".join(lines)
+
+
+def worker_user_error(exc: Exception) -> UserError | None:
+    """A one-line ``UserError`` for a run that failed because of the job, else None.
+
+    Workers raise ``UserError`` (bad data, unsupported setting) or ``NonFiniteLossError``
+    (the loss diverged under these hyperparameters); Ray wraps them in a
+    ``WorkerGroupError`` with the remote traceback, which the user does not need.
+    """
+    for rank, failure in sorted(getattr(exc, "worker_failures", {}).items()):
+        if isinstance(failure, (UserError, NonFiniteLossError)):
+            cause = failure.args[0] if failure.args else str(failure)
+            return UserError(f"training failed on worker {rank}: {str(cause).splitlines()[0]}")
+    return None
+
+
+def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=print) -> dict:
+    """Run ``job`` on Ray Train and log it as one MLflow run; print the final table.
+
+    Returns:
+        The last epoch's metrics (validation keys and ``test_*`` keys) plus ``run_id``.
+
+    Raises:
+        UserError: the MLflow store or the Ray cluster cannot be reached, or the job is
+            wrong in a way only the workers see (their error is re-raised).
+        ray.train.TrainingFailedError: a worker failed more than ``train.max_failures``
+            times. The MLflow run is then FAILED (KILLED on Ctrl-C), never left RUNNING.
+    """
+    tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
+    tracker.check(job.ray.address)
+    source = {"unitune.source_run": job.tracking.source_run} if job.tracking.source_run else {}
+    run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={"unitune.kind": "train", **source})
+    status = "FAILED"
+    started_ray = False
+    try:
+        tracker.log_params(run_id, flatten(job.model_dump(mode="json")))
+        if job.source is not None:
+            tracker.log_artifact(run_id, job.source)
+        started_ray = init_ray(job.ray.address)
+        trainer = build_trainer(job, name=f"{job.name}-{run_id}", storage_path=storage_path,
+                                callbacks=[MlflowCallback(tracker, run_id)])
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as directory:
+            tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
+        out(format_table(result.metrics))
+        out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {tracker.uri}")
+        status = "FINISHED"
+        return {**result.metrics, "run_id": run_id}
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise KeyboardInterrupt from None
+    except Exception as exc:
+        tracker.set_tags(run_id, {"unitune.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise worker_user_error(exc) or exc
+    finally:
+        tracker.end_run(run_id, status)
+        if started_ray:
+            ray.shutdown()
