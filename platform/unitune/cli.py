@@ -105,10 +105,21 @@ def summarize(job, space) -> list[str]:
     return lines
 
 
+def run_train(args: argparse.Namespace) -> int:
+    """Train one job on Ray Train, log it as one MLflow run, print the final metrics."""
+    job = load_job_from_args(args)
+    from unitune.config import require_inputs
+    from unitune.train.run import train
+
+    require_inputs(job)
+    train(job)
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command("validate", "check a job and its search space without running", add_job_arguments, run_validate),
     # --- register further commands here (each module imported lazily inside its run function):
-    # Command("train", ..., add_job_arguments, run_train)        -> unitune.train
+    Command("train", "train one job (Ray Train) and log it to MLflow", add_job_arguments, run_train),
     Command("search", "search the loss's hyperparameters (Ray Tune, Optuna, ASHA; MLflow per trial)",
             search_command.add_arguments, search_command.run),
     # Command("export", ...)
