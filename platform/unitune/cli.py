@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitune import __version__, submit, ui  # both import Ray/MLflow only when they run
+from unitune import __version__, export, submit, ui  # these import Ray/MLflow only when they run
 from unitune.errors import UserError
 from unitune.search import command as search_command  # imports Ray/Optuna only when it runs
 
@@ -122,7 +122,8 @@ COMMANDS: list[Command] = [
     Command("train", "train one job (Ray Train) and log it to MLflow", add_job_arguments, run_train),
     Command("search", "search the loss's hyperparameters (Ray Tune, Optuna, ASHA; MLflow per trial)",
             search_command.add_arguments, search_command.run),
-    # Command("export", ...)
+    Command("export", "write the best trial of a search as a job file for `unitune train`",
+            export.add_arguments, export.run),
     Command("submit", "run a search on a Ray cluster (Ray Jobs API)", submit.add_submit_arguments,
             submit.run_submit),
     Command("status", "status of a submitted search", submit.add_job_id_arguments, submit.run_status),
