@@ -21,9 +21,8 @@ def check_sim(sim):
         raise ValueError(f"sim must not be empty, got shape {tuple(sim.shape)}")
     # One cheap reduction instead of an N x N isnan mask; the exact scan runs only on suspicion
     # (the sum is also non-finite when finite entries overflow, which the scan rules out).
-    with torch.no_grad():
-        if not torch.isfinite(sim.sum()) and not torch.isfinite(sim).all():
-            raise ValueError("sim contains NaN or inf")
+    if not math.isfinite(sim.detach().sum().item()) and not torch.isfinite(sim.detach()).all():
+        raise ValueError("sim contains NaN or inf")
 
 
 def check_number(name, value, *, positive):

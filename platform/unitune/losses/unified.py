@@ -9,19 +9,21 @@ similarities s_p and negative similarities s_n:
 `mining` picks the negatives that enter LSE_n: all of them, the hardest, or the k hardest.
 Every logsumexp runs over −inf-masked entries, never over 0-masked exponentials.
 
-Three paths, each checked against plain loops in tests/test_losses.py:
-- mining="all", one positive per anchor on the diagonal: the identity
-  L_i = cross-entropy of row i of the logits γ·S − γ·m·I (the diagonal is the target);
-- mining="all" otherwise: masked logsumexp over the negatives, and a logsumexp over each
-  anchor's positives gathered from the positive pairs;
-- mining="hardest"/"topk": the k hardest negatives of each anchor are chosen without
-  gradient and gathered from `sim` (the gradient reaches exactly the chosen entries,
-  as with torch.max / torch.topk).
+Two implementations, each checked against plain loops in tests/test_losses.py:
+- one positive per anchor on the diagonal (the common case: no ids, or distinct ids in the
+  same order on both sides): the fused autograd Functions of fused.py. For mining="all"
+  the loss is CLIP's cross-entropy on the logits γ·S − γ·m·I (DESIGN.md §1);
+- otherwise (repeated ids, other orders, non-square): plain autograd, with a masked
+  logsumexp over the negatives and a logsumexp over each anchor's positives gathered from
+  the positive pairs.
+For "hardest"/"topk" the k hardest negatives of each anchor are chosen, and the gradient
+reaches exactly the chosen entries, as with torch.max / torch.topk.
 """
 
 import torch
 import torch.nn.functional as F
 
+from .fused import DiagonalAll, DiagonalMined
 from .inputs import check_number, check_sim, find_positives
 from .mining import check_mining
 
@@ -66,32 +68,37 @@ def unified_loss(sim, *, margin, gamma, mining="all", topk=None, row_ids=None, c
     gamma = check_number("gamma", gamma, positive=True)
     check_mining(mining)
     pos = find_positives(sim, row_ids, col_ids)
+    k = _check_topk(topk, pos.min_negatives) if mining == "topk" else 1
     x = sim if sim.dtype in (torch.float32, torch.float64) else sim.float()
 
-    if mining == "all" and pos.diagonal:
-        row, col, hard_row, hard_col = _all_diagonal(x, gamma, margin)
-        d = x.diagonal()
-        pos_values, pos_min_row, pos_min_col = d, d, d
+    if pos.diagonal:
+        if mining == "all":
+            losses, hard = DiagonalAll.apply(x, gamma, margin)
+        else:
+            losses, hard = DiagonalMined.apply(x, gamma, margin, k)
+        if scale_by_gamma:
+            losses = losses / gamma
+        d = x.detach().diagonal()
+        diagnostics = _diagnostics(d, hard, d, margin)
     else:
         b_row, b_col, pos_values, pos_min_row, pos_min_col = _positive_terms(x, gamma, pos)
         if mining == "all":
             a_row, a_col, hard_row, hard_col = _all_masked(x, gamma, margin, pos)
         else:
-            k = 1 if mining == "hardest" else _check_topk(topk, pos.min_negatives)
             a_row, a_col, hard_row, hard_col = _mined(x, gamma, margin, pos, k)
-        row, col = _softplus(a_row + b_row), _softplus(a_col + b_col)
+        losses = torch.stack([_softplus(a_row + b_row).mean(), _softplus(a_col + b_col).mean()])
+        if scale_by_gamma:
+            losses = losses / gamma
+        if hard_row.shape == hard_col.shape:
+            diagnostics = _diagnostics(pos_values, torch.stack([hard_row, hard_col]),
+                                       torch.stack([pos_min_row, pos_min_col]), margin)
+        else:  # each direction's mean counts once, whatever its number of anchors
+            rows = _diagnostics(pos_values, hard_row, pos_min_row, margin)
+            cols = _diagnostics(pos_values, hard_col, pos_min_col, margin)
+            diagnostics = {key: (rows[key] + cols[key]) / 2 for key in rows}
 
-    i2t, t2i = row.mean(), col.mean()
-    if scale_by_gamma:
-        i2t, t2i = i2t / gamma, t2i / gamma
-    out = {"loss": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i}
-    with torch.no_grad():
-        m = margin.detach() if isinstance(margin, torch.Tensor) else margin
-        out["pos_sim"] = pos_values.detach().mean()
-        out["hard_neg_sim"] = (hard_row.mean() + hard_col.mean()) / 2
-        out["violation_frac"] = ((hard_row + m > pos_min_row).to(x.dtype).mean()
-                                 + (hard_col + m > pos_min_col).to(x.dtype).mean()) / 2
-    return out
+    i2t, t2i = losses.unbind()
+    return {"loss": losses.mean(), "i2t": i2t, "t2i": t2i, **diagnostics}
 
 
 def _check_topk(topk, min_negatives):
@@ -108,34 +115,12 @@ def _softplus(v):
     return torch.logaddexp(v, torch.zeros_like(v))
 
 
-def _all_diagonal(x, gamma, margin):
-    """mining="all", positives on the diagonal of a square x [N, N].
-
-    Returns per-anchor losses of rows and columns [N], [N] and the hardest negative
-    similarities (detached) of rows and columns [N], [N].
-    """
-    z = x * gamma
-    if isinstance(margin, torch.Tensor) or margin != 0:
-        # In place on z's diagonal: O(N) instead of another N x N tensor.
-        z.diagonal().sub_(gamma * margin)
-    row = -F.log_softmax(z, dim=1).diagonal()
-    col = -F.log_softmax(z, dim=0).diagonal()
-    with torch.no_grad():
-        negatives = x.detach().clone()
-        negatives.diagonal().fill_(_NEG_INF)
-        return row, col, negatives.amax(1), negatives.amax(0)
-
-
 def _positive_terms(x, gamma, pos):
-    """LSE_p(−γ·s_p) of every anchor and the positives' similarities.
+    """LSE_p(−γ·s_p) of every anchor and the positives' similarities (general positives).
 
     Returns b_row [N_v], b_col [N_t] (differentiable), the positive similarities [P] and
-    the smallest positive similarity of each row [N_v] and column [N_t] (detached).
+    the smallest positive similarity of each row [N_v] and column [N_t] (all detached).
     """
-    if pos.diagonal:
-        d = x.diagonal()
-        b = -gamma * d
-        return b, b, d, d.detach(), d.detach()
     values = x[pos.rows, pos.cols]
     scaled = -gamma * values
     n_v, n_t = x.shape
@@ -145,7 +130,7 @@ def _positive_terms(x, gamma, pos):
         v = values.detach()
         min_row = v.new_full((n_v,), float("inf")).scatter_reduce_(0, pos.rows, v, "amin")
         min_col = v.new_full((n_t,), float("inf")).scatter_reduce_(0, pos.cols, v, "amin")
-    return b_row, b_col, values, min_row, min_col
+    return b_row, b_col, v, min_row, min_col
 
 
 def _segment_logsumexp(values, segments, num_segments):
@@ -180,17 +165,21 @@ def _mined(x, gamma, margin, pos, k):
 
     Returns a_row [N_v], a_col [N_t] and the hardest negatives of rows and columns (detached).
     """
-    with torch.no_grad():
-        if pos.diagonal:
-            negatives = x.detach().clone()
-            negatives.diagonal().fill_(_NEG_INF)
-        else:
-            negatives = x.detach().masked_fill(pos.mask, _NEG_INF)
-        # k < the fewest negatives of any anchor, so no −inf (positive) entry is ever chosen.
-        hard_row, idx_row = negatives.topk(k, dim=1)
-        hard_col, idx_col = negatives.t().topk(k, dim=1)
-    s_row = x.gather(1, idx_row)
-    s_col = x.t().gather(1, idx_col)
+    negatives = x.masked_fill(pos.mask, _NEG_INF)
+    # k < the fewest negatives of any anchor, so no −inf (positive) entry is ever chosen; the
+    # gradient reaches only the chosen entries (split evenly between exact ties by amax).
+    if k == 1:
+        s_row, s_col = negatives.amax(1, keepdim=True), negatives.amax(0, keepdim=True).t()
+    else:
+        s_row, s_col = negatives.topk(k, dim=1).values, negatives.topk(k, dim=0).values.t()
     a_row = torch.logsumexp(gamma * (s_row + margin), dim=1)
     a_col = torch.logsumexp(gamma * (s_col + margin), dim=1)
-    return a_row, a_col, hard_row[:, 0], hard_col[:, 0]
+    return a_row, a_col, s_row[:, 0].detach(), s_col[:, 0].detach()
+
+
+def _diagnostics(pos_values, hard, pos_min, margin):
+    """Detached diagnostics (see `unified_loss`) from the positive similarities, and per
+    anchor its hardest negative `hard` and hardest positive `pos_min` (same shape)."""
+    m = margin.detach() if isinstance(margin, torch.Tensor) else margin
+    return {"pos_sim": pos_values.mean(), "hard_neg_sim": hard.mean(),
+            "violation_frac": (hard + m > pos_min).to(hard.dtype).mean()}
