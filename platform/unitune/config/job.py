@@ -181,11 +181,14 @@ class RaySpec(Spec):
 
 
 class TrackingSpec(Spec):
-    """MLflow store. ``experiment: None`` uses the job name."""
+    """MLflow store. ``experiment: None`` uses the job name. ``source_run``: the MLflow run id
+    of the search trial a job was exported from (``unitune export``); ``unitune train`` tags
+    its run with it (``unitune.source_run``)."""
 
     uri: str = "sqlite:///mlruns.db"
     artifact_location: str | None = "mlartifacts"
     experiment: str | None = None
+    source_run: str | None = None
 
 
 class SearchRef(Spec):
