@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -238,6 +239,24 @@ class Tracker:
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         self.client.set_terminated(run_id, status=status)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a terminated run RUNNING again (a resumed search continues its runs)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write ``text`` to the run's artifact ``artifact_file`` (e.g. ``search_job.yaml``)."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def read_text(self, run_id: str, artifact_file: str) -> str | None:
+        """The text of one artifact file of a run, or None when the run has no such file."""
+        with tempfile.TemporaryDirectory(prefix="unitune-artifact-") as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            except (MlflowException, OSError):
+                return None
+            path = Path(local)
+            return path.read_text() if path.is_file() else None
 
     def run_status(self, run_id: str) -> str:
         """MLflow status of a run: RUNNING, SCHEDULED, FINISHED, FAILED or KILLED."""
