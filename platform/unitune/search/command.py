@@ -1,4 +1,4 @@
-"""``unitune search JOB [--space FILE] [--address ADDR] [--warm-start ID] [overrides]``.
+"""``unitune search JOB [--space FILE] [--address ADDR] [--warm-start ID] [--resume] [overrides]``.
 
 Light at import (the CLI imports it to build its parser); Ray, Optuna and MLflow are
 imported when the command runs.
@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray address (default: the job's ray.address; none: a local Ray on 127.0.0.1)")
     parser.add_argument("--warm-start", metavar="SEARCH_ID",
                         help="seed the sampler with the completed trials of an earlier search's Optuna study")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the newest interrupted search of this job and space (same "
+                             "working directory: Ray Tune's state is in .unitune/tune)")
     parser.add_argument("--quiet", action="store_true", help="no live trials table")
 
 
@@ -35,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     from unitune.search.report import format_summary
 
     result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
-                        verbose=not args.quiet)
+                        verbose=not args.quiet, resume=args.resume)
     print(format_summary(result.summary, job.tracking.uri, args.job))
     return 0 if result.summary["best"] is not None else 1

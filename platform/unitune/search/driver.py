@@ -3,9 +3,10 @@
     run_search(job, space) -> SearchResult
 
 Names are deterministic: the search id is ``<job name>-<hash of job and space>`` (``-2``,
-``-3``... once a search with that id has finished), Tune trial ids are kept across a resume,
-so running the same command after an interruption resumes the search and finds the same
-MLflow runs. The Optuna study (study name = search id) lives in an RDB storage next to the
+``-3``... for later searches of the same job and space), Tune trial ids are kept across a
+resume, so the same command with ``--resume`` after an interruption (Ctrl-C, a killed
+driver) continues the newest unfinished search from Ray Tune's saved state and finds the
+same MLflow runs. The Optuna study (study name = search id) lives in an RDB storage next to the
 MLflow store (``optuna.db``), so ``optuna-dashboard sqlite:///optuna.db`` opens it and
 ``warm_start=<search id>`` seeds a later search with its completed trials.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +24,20 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import optuna
+import yaml
 
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.errors import UserError
-from unitune.search.live import SearchCallback
+from unitune.search.live import SearchCallback, StopTaggingASHA
 from unitune.search.report import write_artifacts, summarize
 from unitune.search.space import distribution, make_searcher
 from unitune.search.trial import (
-    ROLE_TAG, SEARCH_TAG, STATE_TAG, TrialSetup, finalize_trial, run_trial, trial_resources,
+    BASE_JOB_ARTIFACT, ROLE_TAG, SEARCH_TAG, STATE_TAG, TrialSetup, finalize_trial, run_trial, trial_resources,
 )
 from unitune.tracking import Tracker
 
 TUNE_DIR = ".unitune/tune"   # Tune experiment state, relative to the working directory
+CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -81,6 +85,7 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         if address is None:
             # A private cluster on loopback: token auth would only get in the way here.
@@ -94,16 +99,51 @@ def init_ray(address: str | None) -> None:
         raise UserError(f"ray.address: cannot connect to {where}: {str(exc).splitlines()[0]}") from exc
 
 
-def _find_search(tracker: Tracker, experiment: str, base_id: str) -> tuple[str, str | None]:
-    """(search id, parent run id or None): the newest unfinished search with this key, else
-    the first free id."""
-    k = 1
+def _check_reachable(address: str | None) -> None:
+    """Fail fast on a ``host:port`` (or ``ray://host:port``) nobody listens on: ``ray.init``
+    itself retries for a minute or more.
+
+    Raises:
+        UserError: the port cannot be connected to (names the address).
+    """
+    if address in (None, "", "local", "auto"):
+        return
+    netloc = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = netloc.rpartition(":")
+    if not port.isdigit():
+        return  # let Ray interpret it
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserError(f"ray.address: cannot connect to the Ray cluster at {address}: "
+                        f"{exc.strerror or exc} (is it running? `ray status --address {netloc}`)") from exc
+
+
+def _find_search(tracker: Tracker, experiment: str, base_id: str, resume: bool) -> tuple[str, str | None]:
+    """(search id, parent run id or None). A new search takes the first free id; a resumed
+    one is the newest unfinished search with this key.
+
+    Raises:
+        UserError: ``resume`` and no unfinished search of this job and space.
+    """
+    k, unfinished = 1, None
     while True:
         search_id = base_id if k == 1 else f"{base_id}-{k}"
         parent = tracker.find_run(experiment, {SEARCH_TAG: search_id, ROLE_TAG: "search"})
-        if parent is None or tracker.run_status(parent) != "FINISHED":
-            return search_id, parent
+        if parent is None:
+            break
+        if tracker.run_status(parent) != "FINISHED":
+            unfinished = (search_id, parent)
         k += 1
+    if resume:
+        if unfinished is None:
+            raise UserError(f"--resume: no interrupted search of experiment {experiment!r} with this job "
+                            f"and space (search id {base_id}) in {tracker.uri}; run without --resume")
+        return unfinished
+    if unfinished is not None:
+        print(f"unitune: search {unfinished[0]} did not finish; `--resume` continues it. "
+              f"Starting a new search {search_id}.", file=sys.stderr)
+    return search_id, None
 
 
 def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
@@ -138,18 +178,21 @@ def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
 
 def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = None,
                warm_start_from: str | None = None, train_fn: Callable | None = None,
-               callbacks: list | None = None, verbose: bool = True) -> SearchResult:
+               callbacks: list | None = None, verbose: bool = True, resume: bool = False) -> SearchResult:
     """Run (or resume) the search of ``space`` over ``job``; return its summary.
 
     Args:
         address: Ray address; ``None`` uses ``job.ray.address`` (``None``: local Ray).
+        resume: continue the newest unfinished search of this job and space from Ray
+            Tune's saved state (finished trials are kept, unfinished ones continue from
+            their last checkpoint).
         warm_start_from: a previous search id whose Optuna trials seed the sampler.
         train_fn: replaces ``unitune.train.run_training`` (tests).
         callbacks: more ``ray.tune.Callback``s (benchmarks); not used on resume.
 
     Raises:
-        UserError: unreachable MLflow store or Ray cluster, a local store with a remote
-            cluster, an unknown warm-start study.
+        UserError: unreachable MLflow store or Ray cluster (before any run is created), a
+            local store with a remote cluster, an unknown warm-start study, nothing to resume.
     """
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -159,10 +202,14 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     tracker.check(address)
     experiment = job.experiment
     base = search_job(job, space)
-    search_id, parent = _find_search(tracker, experiment, f"{job.name}-{search_key(job, space)}")
+    search_id, parent = _find_search(tracker, experiment, f"{job.name}-{search_key(job, space)}", resume)
     storage_path = str(Path(TUNE_DIR).resolve())
     exp_dir = Path(storage_path) / search_id
-    resumed = parent is not None and tune.Tuner.can_restore(str(exp_dir))
+    resumed = parent is not None
+    if resumed and not tune.Tuner.can_restore(str(exp_dir)):
+        raise UserError(f"--resume: search {search_id} has no Ray Tune state in {exp_dir} "
+                        "(it was started in another directory, or the state was deleted)")
+    init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
     storage = optuna.storages.RDBStorage(optuna_storage_url(tracker.uri))
     if parent is None:
         parent = tracker.start_run(experiment, search_id, tags={
@@ -170,10 +217,15 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
             "unitune.job_file": str(job.source or ""), "unitune.space_file": str(space.source or ""),
             "unitune.optuna_storage": storage.url, "unitune.optuna_study": search_id,
         })
+        metrics, modes = space.objective_names()
         tracker.log_params(parent, {"metric": space.metric, "mode": space.mode, "num_trials": space.num_trials,
                                     "max_concurrent": space.max_concurrent, "seed": space.seed,
-                                    "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()}})
+                                    "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()},
+                                    **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))}
+                                       if space.objectives else {})})
+        tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False), BASE_JOB_ARTIFACT)
     else:
+        tracker.reopen_run(parent)
         tracker.set_tags(parent, {STATE_TAG: "running"})
     if warm_start_from and not resumed:
         copied = warm_start(storage, warm_start_from, search_id, space)
@@ -183,7 +235,6 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,
                        parent_run_id=parent, objectives=list(zip(metrics, modes)),
                        target=space.target, storage_path=storage_path, train_fn=train_fn)
-    init_ray(address)
     callback = SearchCallback(setup, space, verbose=verbose)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
     state = "interrupted"
@@ -193,10 +244,14 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
             tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
-                               run_config=tune.RunConfig(name=search_id, storage_path=storage_path,
-                                                         callbacks=[callback, JsonLoggerCallback(), *(callbacks or [])],
-                                                         verbose=0))
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(setup, space, search_id, storage),
+                               run_config=tune.RunConfig(
+                                   name=search_id, storage_path=storage_path,
+                                   callbacks=[callback, JsonLoggerCallback(), *(callbacks or [])],
+                                   # a trial whose process dies is retried from its checkpoint
+                                   failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
+                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                   verbose=0))
         tuner.fit()
         state = "completed"
     finally:
@@ -210,13 +265,13 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     return SearchResult(search_id, parent, experiment, summary, resumed)
 
 
-def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
+def _tune_config(setup: TrialSetup, space: SearchSpaceSpec, search_id: str, storage):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     scheduler = FIFOScheduler()
     if space.asha is not None:
-        scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode,
+        scheduler = StopTaggingASHA(setup, time_attr="epoch", metric=space.metric, mode=space.mode,
                                   max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
                                   reduction_factor=space.asha.reduction_factor)
     return tune.TuneConfig(search_alg=make_searcher(space, study_name=search_id, storage=storage),
@@ -230,5 +285,5 @@ def _close_leftovers(setup: TrialSetup, state: str) -> None:
     for run in setup.tracker.search_runs(setup.experiment, {SEARCH_TAG: setup.search_id, ROLE_TAG: "trial"}):
         if run.info.status in ("RUNNING", "SCHEDULED"):
             tag = run.data.tags.get(STATE_TAG)
-            final = tag if tag == "failed" else "interrupted"
+            final = tag if tag in ("failed", "stopped_by_asha") else "interrupted"
             finalize_trial(setup, run.info.run_id, final)

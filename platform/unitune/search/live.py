@@ -1,9 +1,11 @@
-"""The driver's Tune callback: a live trials table, and each trial's MLflow run closed.
+"""The driver's Tune callback and scheduler: a live trials table, each trial's MLflow run closed.
 
 Tune calls these hooks in the driver process. ``on_trial_complete`` fires for trials
-that ran their whole budget and for trials ASHA stopped (the last epoch tells them
-apart); ``on_trial_error`` for failed ones. Both close the child run with its terminal
-state, since a stopped trial's process is killed before it could do so itself.
+that ran their whole budget, for trials ASHA stopped and for trials that ended early
+otherwise; :class:`StopTaggingASHA` tags a run ``stopped_by_asha`` the moment ASHA
+decides, so the three are told apart (a trial ending early without that tag is
+``interrupted``). ``on_trial_error`` fires for failed ones. Both close the child run with
+its terminal state, since a stopped trial's process is killed before it could do so itself.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import sys
 import time
 
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from unitune.config import SearchSpaceSpec
-from unitune.search.trial import TrialSetup, child_run, error_message, finalize_trial
+from unitune.search.trial import (
+    DONE_STATES, STATE_TAG, STOP_EPOCH_TAG, TrialSetup, child_run, error_message, finalize_trial,
+)
 
 REFRESH_S = 10.0
 
@@ -31,6 +36,23 @@ def fmt(value) -> str:
             return str(value)
         return f"{value:.4g}"
     return "-" if value is None else str(value)
+
+
+class StopTaggingASHA(ASHAScheduler):
+    """``ASHAScheduler`` that tags the trial's MLflow run when it stops a trial early
+    (``unitune.state=stopped_by_asha``, ``unitune.stopped_at_epoch``)."""
+
+    def __init__(self, setup: TrialSetup, **kwargs):
+        super().__init__(**kwargs)
+        self.ctx = setup
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        epoch = result.get(self._time_attr)
+        if decision == TrialScheduler.STOP and epoch is not None and epoch < self._max_t:
+            run_id = child_run(self.ctx, trial.trial_id, {})
+            self.ctx.tracker.set_tags(run_id, {STATE_TAG: "stopped_by_asha", STOP_EPOCH_TAG: int(epoch)})
+        return decision
 
 
 class SearchCallback(Callback):
@@ -64,11 +86,20 @@ class SearchCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         epoch = last.get("epoch")
-        state = "completed" if epoch is not None and epoch >= self.max_epochs else "stopped_by_asha"
         run_id = child_run(self.ctx, trial.trial_id, trial.config)
-        finalize_trial(self.ctx, run_id, state, stop_epoch=int(epoch) if epoch else None)
+        tracker = self.ctx.tracker
+        tag = tracker.run_tags(run_id).get(STATE_TAG)
+        if tag in DONE_STATES and tracker.run_status(run_id) != "RUNNING":
+            state = tag  # closed before a resume: its record stands
+        else:
+            if epoch is not None and epoch >= self.max_epochs:
+                state = "completed"
+            else:
+                state = "stopped_by_asha" if tag == "stopped_by_asha" else "interrupted"
+            finalize_trial(self.ctx, run_id, state, stop_epoch=int(epoch) if epoch else None)
         self._row(trial)["state"] = state
-        what = "completed" if state == "completed" else f"stopped by ASHA at epoch {fmt(epoch)}"
+        what = {"completed": "completed", "stopped_by_asha": f"stopped by ASHA at epoch {fmt(epoch)}",
+                "interrupted": f"ended early at epoch {fmt(epoch)}"}.get(state, state)
         self._event(f"trial {trial.trial_id} {what}: {self.ctx.metric}={fmt(last.get(self.ctx.metric))}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -78,7 +109,8 @@ class SearchCallback(Callback):
             reason = "trial raised an error"
         last = trial.last_result or {}
         run_id = child_run(self.ctx, trial.trial_id, trial.config)
-        finalize_trial(self.ctx, run_id, "failed", stop_epoch=last.get("epoch"), error=reason)
+        if self.ctx.tracker.run_status(run_id) == "RUNNING":
+            finalize_trial(self.ctx, run_id, "failed", stop_epoch=last.get("epoch"), error=reason)
         self._row(trial)["state"] = "failed"
         self._event(f"trial {trial.trial_id} failed: {self.ctx.tracker.run_tags(run_id).get('unitune.error')}")
 

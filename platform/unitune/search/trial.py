@@ -10,6 +10,13 @@ Each epoch is logged to MLflow (``step = epoch``) *before* it is reported to Tun
 may stop the trial at that report (ASHA), and nothing after it is logged. The terminal
 state of a run (tags, convergence speed, MLflow status) is written by
 :func:`finalize_trial`, which the driver calls for every trial however it ended.
+
+Resume: each epoch's checkpoint goes to Tune with its report, and a restarted trial (a
+retry after its process died, or a resumed search) continues from ``tune.get_checkpoint()``.
+MLflow is the record of what happened: epochs it already holds are not logged again (a
+trial restarted from an older checkpoint recomputes them), and a trial whose run already
+ended (completed, stopped by ASHA, failed) is not trained again: it only repeats its last
+result to Tune, or its error.
 """
 
 from __future__ import annotations
@@ -29,7 +36,14 @@ STOP_EPOCH_TAG = "unitune.stopped_at_epoch"
 ERROR_TAG = "unitune.error"
 STATUS_OF_STATE = {"completed": "FINISHED", "stopped_by_asha": "KILLED",
                    "failed": "FAILED", "interrupted": "KILLED"}
+DONE_STATES = ("completed", "stopped_by_asha", "failed")   # a run in these is never trained again
 TIME_KEY = "train_time_s"
+EPOCH_KEY = "epoch"
+BASE_JOB_ARTIFACT = "search_job.yaml"  # the parent run's copy of the trials' base job (export reads it)
+
+
+class TrialFailedBefore(RuntimeError):
+    """A retried trial whose MLflow run already failed: its error, raised again at once."""
 
 
 @dataclass
@@ -77,6 +91,25 @@ def child_run(setup: TrialSetup, trial_id: str, config: dict) -> str:
     return run_id
 
 
+def reopen_child_run(setup: TrialSetup, trial_id: str, config: dict) -> tuple[str, dict]:
+    """The child run of a trial that (re)starts: ``(run_id, tags)``; a run an interrupted
+    search closed is RUNNING again, a run that already ended is left as it is."""
+    run_id = child_run(setup, trial_id, config)
+    tags = setup.tracker.run_tags(run_id)
+    if tags.get(STATE_TAG) not in DONE_STATES:
+        if setup.tracker.run_status(run_id) != "RUNNING":
+            setup.tracker.reopen_run(run_id)
+        if tags.get(STATE_TAG) != "running":
+            setup.tracker.set_tags(run_id, {STATE_TAG: "running"})
+    return run_id, tags
+
+
+def last_logged_epoch(tracker: Tracker, run_id: str) -> int:
+    """The highest epoch a run has logged (0 when none)."""
+    return max((int(step) for step, _ in tracker.metric_history(run_id, EPOCH_KEY)), default=0)
+
+
+
 def progress(setup: TrialSetup, curve: list[dict]) -> dict:
     """Convergence speed so far, added to every Tune result (a Pareto objective such as
     ``epochs_to_target`` must be in the result ASHA stops a trial at)."""
@@ -107,7 +140,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    run_id = child_run(setup, trial_id, config)
+    run_id, tags = reopen_child_run(setup, trial_id, config)
+    if tags.get(STATE_TAG) == "failed":
+        raise TrialFailedBefore(tags.get(ERROR_TAG) or "failed before")
+    if tags.get(STATE_TAG) in DONE_STATES:
+        _repeat_last_result(setup, run_id)
+        return
     try:
         job = apply_overrides(setup.job, config)
         if job.resources.num_workers == 1:
@@ -116,8 +154,18 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             _train_with_torch_trainer(setup, job, run_id, trial_id)
     except Exception as exc:
         # SystemExit (Tune stopping the trial at a report) is not an Exception: not a failure.
+        # A process killed from outside never gets here: Tune retries the trial (FailureConfig).
         setup.tracker.set_tags(run_id, {STATE_TAG: "failed", ERROR_TAG: error_message(exc)})
         raise
+
+
+def _repeat_last_result(setup: TrialSetup, run_id: str) -> None:
+    """Report a finished run's last logged epoch to Tune again (nothing is trained)."""
+    from ray import tune
+
+    curve = read_curve(setup.tracker, run_id, [m for m, _ in setup.objectives])
+    if curve:
+        tune.report({**curve[-1], **progress(setup, curve)})
 
 
 def _train_in_process(setup: TrialSetup, job: JobSpec, run_id: str) -> None:
@@ -127,15 +175,24 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, run_id: str) -> None:
         from unitune.train import run_training as train_fn
     else:
         train_fn = setup.train_fn
-    curve: list[dict] = []
+    logged = last_logged_epoch(setup.tracker, run_id)
+    checkpoint = tune.get_checkpoint()
+    curve: list[dict] = read_curve(setup.tracker, run_id, [setup.metric]) if logged else []
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         values = numeric(metrics)
-        curve.append(values)
-        setup.tracker.log_metrics(run_id, values, step=int(values["epoch"]))
-        tune.report({**values, **progress(setup, curve)})
+        epoch = int(values[EPOCH_KEY])
+        curve[:] = [r for r in curve if r["epoch"] < epoch] + [values]
+        if epoch > logged:  # an epoch recomputed after a restart is in MLflow already
+            setup.tracker.log_metrics(run_id, values, step=epoch)
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report({**values, **progress(setup, curve)}, checkpoint=ckpt)
 
-    train_fn(job, report=report)
+    if checkpoint is None:
+        train_fn(job, report=report)
+        return
+    with checkpoint.as_directory() as directory:
+        train_fn(job, report=report, resume_from=directory)
 
 
 def _train_with_torch_trainer(setup: TrialSetup, job: JobSpec, run_id: str, trial_id: str) -> None:
@@ -168,14 +225,20 @@ def _logging_report_callback(setup: TrialSetup, run_id: str):
         def __init__(self):
             super().__init__()
             self.curve: list[dict] = []
+            self.logged = 0
 
         def after_report(self, run_context, metrics, checkpoint):
             values = numeric(metrics[0])
+            epoch = int(values[EPOCH_KEY])
+            if not self.curve:  # first report of this process: what MLflow holds already
+                self.logged = last_logged_epoch(setup.tracker, run_id)
+                self.curve = read_curve(setup.tracker, run_id, [setup.metric]) if self.logged else []
+            self.curve = [r for r in self.curve if r["epoch"] < epoch] + [values]
             # After an ASHA stop the workers may run an epoch or two more: keep the
-            # closed run as the driver left it.
-            if setup.tracker.run_status(run_id) == "RUNNING":
-                self.curve.append(values)
-                setup.tracker.log_metrics(run_id, values, step=int(values["epoch"]))
+            # closed run as the driver left it. Epochs recomputed after a worker restart
+            # (Train resumes from the last checkpoint) are in MLflow already.
+            if epoch > self.logged and setup.tracker.run_status(run_id) == "RUNNING":
+                setup.tracker.log_metrics(run_id, values, step=epoch)
             metrics = [{**values, **progress(setup, self.curve)}, *metrics[1:]]
             super().after_report(run_context, metrics, checkpoint)
 
