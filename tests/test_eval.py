@@ -122,7 +122,7 @@ def test_float32_single_caption_sorted_layout():
 
 def test_uneven_captions_per_item():
     g = torch.Generator().manual_seed(6)
-    c2i = torch.tensor([0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4] * 1)[torch.randperm(11, generator=g)]
+    c2i = torch.tensor([0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4])[torch.randperm(11, generator=g)]
     sim = torch.randn(5, 11, generator=g, dtype=torch.float64)
     want = reference_ranks(sim, c2i)
     for chunk_size in (1, 2, 4, 5):

@@ -40,7 +40,7 @@ METRIC_KEYS = (
     "r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum",
     "medr_i2t", "meanr_i2t", "medr_t2i", "meanr_t2i",
 )
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 512
 RECALL_KS = (1, 5, 10)
 
 Tile = Callable[[int, int, int, int], torch.Tensor]
