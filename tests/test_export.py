@@ -192,7 +192,7 @@ def test_export_from_a_real_search_then_train(tmp_path, monkeypatch):
     best = result.summary["best"]
     assert exported.tracking.source_run == best["run_id"]
     assert exported.loss.margin == best["params"]["loss.margin"] and exported.train.epochs == 2
-    assert main(["train", "final.yaml", "train.epochs=1", "resources.cpu_per_worker=0.5"]) == 0
+    assert main(["train", "final.yaml", "train.epochs=1"]) == 0
     tracker = Tracker("sqlite:///mlruns.db")
     runs = tracker.client.search_runs([tracker.experiment_id("real")],
                                       filter_string="tags.`unitune.kind` = 'train'")

@@ -83,6 +83,9 @@ def init_ray(address: str | None) -> None:
 
     # No TensorBoard/CSV/JSON result files per trial: MLflow holds the results.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Every trial checkpoint forces a snapshot of the experiment state (num_to_keep=1): that
+    # keeps a resume exact; Tune would warn about it at every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     _check_reachable(address)
