@@ -3,6 +3,17 @@
 The workers only report (``ray.train.report``); a Ray Train callback on the controller
 (which Ray places on the driver's node) writes each report to MLflow as it arrives, so the
 MLflow run fills in live and keeps what was logged if the run later fails.
+
+The trained model is the run's ``model`` artifact directory; to embed with it::
+
+    import mlflow
+    from unitune.models import load_model
+    model = load_model(mlflow.artifacts.download_artifacts(run_id=RUN_ID, artifact_path="model",
+                                                           tracking_uri="sqlite:///mlruns.db"))
+    tokens = model.tokenize(["a dog on a beach"])
+    text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])   # [1, D]
+    image = model.encode_image(model.image_transform(train=False)(pil_image)[None])
+    video = model.encode_video(frames)                                          # [B, F, 3, H, W]
 """
 
 from __future__ import annotations
