@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from unitune.config import LossSpec
+from unitune.config import LossSpec, OptimSpec
 from unitune.losses import unified_loss
 from unitune.models import model_config
 from unitune.models.clip import CLIPDualEncoder
 from unitune.train.loop import ContrastiveStep, autocast, train_one_epoch
 from unitune.train.optim import build_optimizer, build_scheduler
-from unitune.config import OptimSpec
 
 GAMMA, MARGIN = 1 / 0.07, 0.2
 
@@ -76,12 +75,11 @@ def make_batch(batch: int, device: torch.device) -> dict:
 def time_steps(loss_fn, mining, args, device, batch) -> float:
     """Seconds per step of forward + fp32 loss + backward + clip + AdamW."""
     step, optimizer = build(device)
-    precision = "auto"
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             sync(device)
             started = time.perf_counter()
-        with autocast(device, precision):
+        with autocast(device, "auto"):
             v, t, _ = step(batch["visual"], batch["input_ids"], batch["attention_mask"])
         loss = loss_fn(v.float() @ t.float().T, batch["item_id"], mining)
         optimizer.zero_grad(set_to_none=True)

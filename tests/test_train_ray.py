@@ -52,6 +52,7 @@ def test_train_logs_one_mlflow_run_and_a_loadable_model(tmp_path, monkeypatch, c
         assert [step for step, _ in tracker.metric_history(run_id, key)] == [1, 2], key
     assert [step for step, _ in tracker.metric_history(run_id, "test_rsum")] == [2]
     assert tracker.run_params(run_id)["train.epochs"] == "2"
+    assert not any((tmp_path / ".unitune/ray").iterdir())  # resume checkpoints removed
 
     # The Ray Train run is the plain loop: same seed, same numbers as run_training.
     plain = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +173,14 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         if job.source is not None:
             tracker.log_artifact(run_id, job.source)
         started_ray = init_ray(job.ray.address)
-        trainer = build_trainer(job, name=f"{job.name}-{run_id}", storage_path=storage_path,
+        name = f"{job.name}-{run_id}"
+        trainer = build_trainer(job, name=name, storage_path=storage_path,
                                 callbacks=[MlflowCallback(tracker, run_id)])
         result = trainer.fit()
         with result.checkpoint.as_directory() as directory:
             tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
+        # The model is in MLflow now; the resume checkpoints of a finished run are not needed.
+        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
         out(format_table(result.metrics))
         out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {tracker.uri}")
         status = "FINISHED"
