@@ -16,14 +16,13 @@ def no_decay_ids(module: nn.Module) -> set[int]:
     """``id()`` of every parameter that must not get weight decay.
 
     Those are biases and other vectors/scalars (``ndim < 2``: norm gains, a learnable
-    logit scale, class tokens are 2-D+ but live in embeddings) and every parameter of
-    norm and embedding layers.
+    logit scale), every parameter of norm and embedding layers, and bare parameters
+    named ``*embed*``/``*token*`` (position embeddings, class tokens).
     """
     ids = {id(p) for p in module.parameters() if p.ndim < 2}
     for sub in module.modules():
         if isinstance(sub, _NO_DECAY_MODULES):
             ids.update(id(p) for p in sub.parameters(recurse=False))
-    # Position embeddings and class tokens are usually bare parameters named *embed*/*token*.
     for name, p in module.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if "embed" in leaf or "token" in leaf:
