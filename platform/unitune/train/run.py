@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from unitune.config import JobSpec
@@ -66,7 +66,12 @@ class MlflowCallback(UserCallback):
         self.run_id = run_id
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.tracker.log_metrics(self.run_id, numeric(metrics[0]), step=int(metrics[0]["epoch"]))
+        report = metrics[0]
+        self.tracker.log_metrics(self.run_id, numeric(report), step=int(report["epoch"]))
+        # One progress line per epoch (Ray forwards the controller's stdout to the driver).
+        rsum = f", val rsum {report['rsum']:.2f}" if "rsum" in report else ""
+        print(f"epoch {report['epoch']}: train loss {report['train_loss']:.4f}{rsum}, "
+              f"{report['samples_per_s']:.1f} samples/s", flush=True)
 
 
 def init_ray(address: str | None) -> bool:
@@ -117,6 +122,8 @@ def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
             # Only the latest checkpoint is needed to resume; the model goes to MLflow.
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks or [],
+            # Ray Train's per-report INFO lines repeat every metric; the callback prints one line.
+            logging_config=LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": env} if env else None,
         ),
     )
