@@ -1,6 +1,7 @@
-import importlib
 import pathlib
+import subprocess
 import sys
+import sysconfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -11,7 +12,8 @@ def test_platform_is_the_standard_library_module():
     import platform
 
     assert callable(platform.system)
-    assert pathlib.Path(platform.__file__).parent == pathlib.Path(importlib.util.find_spec("os").origin).parent
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"]).resolve()
+    assert pathlib.Path(platform.__file__).resolve().parent == stdlib
 
 
 def test_unitune_imports_from_the_source_root():
@@ -28,7 +30,5 @@ def test_library_layers_import_no_ray_mlflow_or_cli():
         "bad = [m for m in ('ray', 'mlflow', 'unitune.cli', 'unitune.tracking') if m in sys.modules];"
         "print(','.join(bad))"
     )
-    import subprocess
-
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
