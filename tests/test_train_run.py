@@ -70,13 +70,18 @@ def test_flatten_and_numeric():
     assert train_run.numeric({"epoch": 3, "rsum": 1, "ok": True, "name": "x", "lr": 0.5}) == {"rsum": 1.0, "lr": 0.5}
 
 
-def test_worker_config_makes_cache_dir_absolute(tmp_path, monkeypatch):
+def test_cache_dir_is_fixed_at_load_time(tmp_path, monkeypatch):
+    # Tune and Train run trials/workers in their own directories: the synthetic cache must
+    # stay where the working directory was when the job was loaded.
     from pathlib import Path
 
     from unitune.config import load_job
 
-    job = load_job(Path(__file__).parents[1] / "jobs/demo.yaml")
+    demo = Path(__file__).parents[1] / "jobs/demo.yaml"
     monkeypatch.chdir(tmp_path)
+    job = load_job(demo)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     config = train_run.worker_config(job, evaluate_test=True)
     assert config["job"]["data"]["synthetic"]["cache_dir"] == str(tmp_path / ".unitune/data")
     assert config["evaluate_test"] is True

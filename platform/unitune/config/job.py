@@ -53,7 +53,14 @@ class SyntheticSpec(Spec):
     image_size: int = Field(64, ge=16)
     num_frames: PositiveInt = 8
     seed: NonNegativeInt = 0
-    cache_dir: Path = Path(".unitune/data")  # relative to the working directory
+    # Relative to the working directory at load time, and made absolute then: Ray Tune
+    # and Ray Train run trials and workers in directories of their own.
+    cache_dir: Path = Field(Path(".unitune/data"), validate_default=True)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
 
 
 class DataSpec(Spec):

@@ -90,15 +90,9 @@ def init_ray(address: str | None) -> bool:
 
 
 def worker_config(job: JobSpec, *, evaluate_test: bool) -> dict:
-    """The ``train_loop_config`` of the trainer: the job as plain data.
-
-    Ray Train starts workers in their own run directory, so the one path the job keeps
-    relative to the working directory (the synthetic data cache) is made absolute here.
-    """
-    data = job.model_dump(mode="json")
-    cache = data["data"]["synthetic"]["cache_dir"]
-    data["data"]["synthetic"]["cache_dir"] = str(Path(cache).resolve())
-    return {"job": data, "evaluate_test": evaluate_test}
+    """The ``train_loop_config`` of the trainer: the job as plain data (its paths are
+    absolute already, so workers in their own run directories find the same files)."""
+    return {"job": job.model_dump(mode="json"), "evaluate_test": evaluate_test}
 
 
 def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
