@@ -199,11 +199,13 @@ def _fit(
 
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=job.seed, drop_last=True)
+    # The collator holds only the tokenizer: a bound encoder.tokenize would pickle the whole
+    # model into every DataLoader worker.
     # drop_last: every worker needs the same local batch size for the gather, and a tiny
     # last batch would have too few negatives to be worth a step.
     loader = DataLoader(
         train_set, batch_size=job.train.batch_size // world_size, sampler=sampler, drop_last=True,
-        collate_fn=Collator(encoder.tokenize), num_workers=job.data.num_workers,
+        collate_fn=Collator(encoder.tokenizer), num_workers=job.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=job.data.num_workers > 0,
     )
     # On the device before the optimiser exists, so that its loaded state lands there too.
