@@ -23,7 +23,7 @@ def only_run(tmp_path):
 
 @pytest.fixture
 def no_ray(monkeypatch):
-    monkeypatch.setattr(train_run, "init_ray", lambda address: False)
+    monkeypatch.setattr(train_run, "init_ray", lambda address, **kwargs: False)
 
 
 def test_failure_marks_run_failed_with_error(tmp_path, monkeypatch, no_ray):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 import optuna
 import yaml
 
+from unitune import cluster
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.search.live import SearchCallback, StopTaggingASHA
@@ -37,7 +37,6 @@ from unitune.search.trial import (
 from unitune.tracking import Tracker
 
 TUNE_DIR = ".unitune/tune"   # Tune experiment state, relative to the working directory
-CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -74,52 +73,17 @@ def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
 
 
 def init_ray(address: str | None) -> None:
-    """Connect to ``address`` or start a local Ray on 127.0.0.1 (no dashboard, no token).
+    """Connect to ``address`` or start a local Ray on 127.0.0.1 (see ``unitune.cluster``).
 
     Raises:
         UserError: the cluster cannot be reached (names the address).
     """
-    import ray
-
     # No TensorBoard/CSV/JSON result files per trial: MLflow holds the results.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Every trial checkpoint forces a snapshot of the experiment state (num_to_keep=1): that
     # keeps a resume exact; Tune would warn about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    _check_reachable(address)
-    try:
-        if address is None:
-            # A private cluster on loopback: token auth would only get in the way here.
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1", configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "a local Ray on 127.0.0.1"
-        raise UserError(f"ray.address: cannot connect to {where}: {str(exc).splitlines()[0]}") from exc
-
-
-def _check_reachable(address: str | None) -> None:
-    """Fail fast on a ``host:port`` (or ``ray://host:port``) nobody listens on: ``ray.init``
-    itself retries for a minute or more.
-
-    Raises:
-        UserError: the port cannot be connected to (names the address).
-    """
-    if address in (None, "", "local", "auto"):
-        return
-    netloc = address.split("://", 1)[1] if "://" in address else address
-    host, _, port = netloc.rpartition(":")
-    if not port.isdigit():
-        return  # let Ray interpret it
-    try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise UserError(f"ray.address: cannot connect to the Ray cluster at {address}: "
-                        f"{exc.strerror or exc} (is it running? `ray status --address {netloc}`)") from exc
+    cluster.init_ray(address)
 
 
 def _find_search(tracker: Tracker, experiment: str, base_id: str, resume: bool) -> tuple[str, str | None]:

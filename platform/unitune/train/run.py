@@ -29,6 +29,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
+from unitune.cluster import init_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError
 from unitune.tracking import Tracker
@@ -72,21 +73,6 @@ class MlflowCallback(UserCallback):
         rsum = f", val rsum {report['rsum']:.2f}" if "rsum" in report else ""
         print(f"epoch {report['epoch']}: train loss {report['train_loss']:.4f}{rsum}, "
               f"{report['samples_per_s']:.1f} samples/s", flush=True)
-
-
-def init_ray(address: str | None) -> bool:
-    """Connect to ``address``, or start a local Ray bound to 127.0.0.1 without a dashboard.
-
-    Returns True when this call started or connected Ray (the caller shuts it down),
-    False when Ray was already initialised in this process.
-    """
-    if ray.is_initialized():
-        return False
-    if address is None:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
-    else:
-        ray.init(address=address)
-    return True
 
 
 def worker_config(job: JobSpec, *, evaluate_test: bool) -> dict:
@@ -165,15 +151,15 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     """
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
     tracker.check(job.ray.address)
+    # Ray before the MLflow run: an unreachable cluster leaves no failed run behind.
+    started_ray = init_ray(job.ray.address, log_to_driver=True)
     source = {"unitune.source_run": job.tracking.source_run} if job.tracking.source_run else {}
     run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={"unitune.kind": "train", **source})
     status = "FAILED"
-    started_ray = False
     try:
         tracker.log_params(run_id, flatten(job.model_dump(mode="json")))
         if job.source is not None:
             tracker.log_artifact(run_id, job.source)
-        started_ray = init_ray(job.ray.address)
         name = f"{job.name}-{run_id}"
         trainer = build_trainer(job, name=name, storage_path=storage_path,
                                 callbacks=[MlflowCallback(tracker, run_id)])
