@@ -23,7 +23,7 @@ def no_cluster_env(monkeypatch):
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
-def test_validate_shipped_jobs(path, capsys):
+def test_validate_shipped_jobs(path, capsys, emoji_job_env):
     assert main(["validate", str(path)]) == 0
     out, err = capsys.readouterr()
     assert f"job:       {path.stem}" in out and out.rstrip().endswith("OK")

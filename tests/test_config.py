@@ -49,7 +49,7 @@ def test_shipped_file_opens_with_its_command(path):
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
-def test_shipped_job_loads_with_its_space(path, monkeypatch):
+def test_shipped_job_loads_with_its_space(path, monkeypatch, emoji_job_env):
     for var in ("FLICKR30K_ROOT", "COCO_ROOT", "MSRVTT_ROOT", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)
     job = load_job(path)
@@ -64,7 +64,7 @@ def test_shipped_job_loads_with_its_space(path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.name)
-def test_shipped_space_loads_against_every_job(path, monkeypatch):
+def test_shipped_space_loads_against_every_job(path, monkeypatch, emoji_job_env):
     for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)
     for job_path in JOB_FILES:

@@ -18,7 +18,6 @@ from unitune.data.synthetic import write_mp4
 from unitune.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-EMOJI = Path(os.environ.get("UNITUNE_EMOJI_DIR", REPO.parent / "shared" / "datasets" / "emoji"))
 
 
 def data_spec(**fields):
@@ -183,11 +182,9 @@ def test_manifest_modality_mismatch_is_explained(tmp_path):
 
 
 # ------------------------------------------------------------------ emoji (real data)
-@pytest.mark.skipif(not (EMOJI / "dataset_emoji.json").exists(),
-                    reason=f"emoji data set not found at {EMOJI} (set UNITUNE_EMOJI_DIR)")
-def test_emoji_counts_and_groups():
-    raw = json.loads((EMOJI / "dataset_emoji.json").read_text())
-    spec = data_spec(format="karpathy", annotations=str(EMOJI / "dataset_emoji.json"))
+def test_emoji_counts_and_groups(emoji_dir):
+    raw = json.loads((emoji_dir / "dataset_emoji.json").read_text())
+    spec = data_spec(format="karpathy", annotations=str(emoji_dir / "dataset_emoji.json"))
     total_images = total_captions = 0
     concepts = set()
     for split in ("train", "val", "test"):

