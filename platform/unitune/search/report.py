@@ -6,10 +6,12 @@ interrupted search summarizes all its trials, not just those this process saw.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import optuna
@@ -138,12 +140,14 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(done) < 2:
         return  # nothing to compare
+    # A Pareto study has no single objective: plot the first (the study metric). Importance
+    # with an explicit target ranks parameters for *low* values, so a max metric is negated.
     multi = len(study.directions) > 1
-    target = (lambda t: t.values[0]) if multi else None
-    plots = [("parallel_coordinates.png", ovm.plot_parallel_coordinate)]
+    sign = -1.0 if setup.mode == "max" else 1.0
+    plots = [("parallel_coordinates.png", ovm.plot_parallel_coordinate, lambda t: t.values[0])]
     if len(done) >= 3:
-        plots.append(("param_importances.png", ovm.plot_param_importances))
-    for name, plot in plots:
+        plots.append(("param_importances.png", ovm.plot_param_importances, lambda t: sign * t.values[0]))
+    for name, plot, target in plots:
         try:
             with _quiet():
                 ax = plot(study, target=target, target_name=setup.metric) if multi else plot(study)
@@ -155,17 +159,14 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
             plt.close("all")
 
 
-class _quiet:
-    """Silence Optuna's experimental-feature warnings around its matplotlib plots."""
-
-    def __enter__(self):
-        import warnings
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+@contextlib.contextmanager
+def _quiet():
+    """Silence Optuna's warnings around its matplotlib plots (experimental feature; importance
+    estimated from few trials): the summary is what the user reads, not these."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None) -> str:
