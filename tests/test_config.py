@@ -221,6 +221,7 @@ BAD_JOBS = [
     ("name: a\nloss: {mining: semi}\n", "loss.mining", "must be one of"),
     ("name: a\nmodel: {name: resnet}\n", "model.name", "must be one of"),
     ("name: a\nmodel: {name: two_tower}\n", "model.image_encoder", "required for model two_tower"),
+    ("name: a\nmodel: {name: tiny, image_size: 96}\n", "model.image_size", "only the two_tower model"),
     ("name: a\ndata: {format: karpathy}\n", "data.annotations", "required for format karpathy"),
     ("name: a\ndata: {format: msrvtt, modality: image, annotations: x}\n", "data.modality", "holds videos"),
     ("name: a\ndata: {synthetic: {num_train: 32}}\n", "train.batch_size", "larger than the train split"),

@@ -328,6 +328,20 @@ def test_bad_freeze_settings_are_user_errors(specs, freeze, message):
 
 # --- towers, transforms, errors ------------------------------------------------------------
 
+def test_two_tower_image_size_sets_the_input_resolution(specs, vit_dir):
+    from PIL import Image
+
+    image = Image.new("RGB", (100, 80), (200, 30, 30))
+    assert _build(specs, "two_tower").image_transform(train=False)(image).shape == (3, 64, 64)  # tiny_cnn's own
+    model = _build(specs, "two_tower", image_size=40)
+    pixels = model.image_transform(train=False)(image)
+    assert pixels.shape == (3, 40, 40)
+    embedding = model.encode_image(pixels[None])
+    assert embedding.shape == (1, 32) and torch.allclose(embedding.norm(dim=-1), torch.ones(1))
+    with pytest.raises(UserError, match="model.image_size: the image tower .* has a fixed input size"):
+        _build(specs, "two_tower", image_encoder=str(vit_dir), image_size=40)
+
+
 def test_hugging_face_image_tower_from_a_local_directory(specs, vit_dir, tmp_path):
     model = _build(specs, "two_tower", image_encoder=str(vit_dir), freeze={"visual_trainable_layers": 1})
     images, _ = _inputs(model)

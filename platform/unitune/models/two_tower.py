@@ -61,6 +61,9 @@ class TwoTowerEncoder(DualEncoder):
     def __init__(self, config: dict, image_tower: ImageTower, text_tower: TextTower, tokenizer: Callable):
         embed_dim = config["embed_dim"]
         super().__init__(config, tokenizer, embed_dim)
+        if config.get("image_size") and not image_tower.resizable:
+            raise UserError(f"model.image_size: the image tower {config['image_encoder']!r} has a fixed input "
+                            "size; leave image_size unset")
         self.image_tower, self.text_tower = image_tower, text_tower
         self.visual_projection = nn.Linear(image_tower.out_dim, embed_dim)
         self.text_projection = nn.Linear(text_tower.out_dim, embed_dim)
@@ -83,7 +86,7 @@ class TwoTowerEncoder(DualEncoder):
         return {"visual": [self.image_tower], "text": [self.text_tower]}
 
     def image_transform(self, train: bool) -> Callable:
-        return self.image_tower.image_transform(train)
+        return self.image_tower.image_transform(train, self.config.get("image_size"))
 
     def save_assets(self, directory: Path) -> None:
         text_dir = Path(directory) / "text"
