@@ -1,7 +1,9 @@
 """Connecting to Ray, for `unitune train` and `unitune search` alike.
 
-No address: a private local Ray bound to 127.0.0.1, without the dashboard and without
-token auth (nothing else can reach it). An address: that cluster, with Ray's own token
+No address: a private local Ray bound to 127.0.0.1, its dashboard too, without token auth
+(nothing else can reach it). The dashboard serves Ray's state API, which Ray Train's
+placement-group cleaner polls: without it the cleaner cannot release the placement groups
+of a stopped run and warns every few seconds. An address: that cluster, with Ray's own token
 handling (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``), after a quick TCP check, since
 ``ray.init`` itself retries an unreachable address for a minute or more.
 """
@@ -33,8 +35,8 @@ def init_ray(address: str | None, *, log_to_driver: bool = False) -> bool:
     try:
         if address is None:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address="local", include_dashboard=False, log_to_driver=log_to_driver,
-                     _node_ip_address="127.0.0.1", configure_logging=False)
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                     log_to_driver=log_to_driver, _node_ip_address="127.0.0.1", configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError) as exc:
