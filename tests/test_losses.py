@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from unitune.losses import (MINING_MODES, LearnableScale, MiningSchedule, triplet_hn_loss, unified_loss,
-                            vlc_loss)
+from unitune.losses import (MINING_MODES, LearnableScale, MiningSchedule, hinge_mean_loss, scheduled_loss,
+                            triplet_hn_loss, unified_loss, vlc_loss)
 
 # ---------------------------------------------------------------- loop references
 
@@ -68,6 +68,17 @@ def loop_triplet(sim, *, margin, row_ids=None, col_ids=None):
     per_anchor = []
     for d, positives, negatives in _anchors(sim, row_ids, col_ids):
         per_anchor.append((d, max(max(0.0, margin + sn - min(positives)) for sn in negatives)))
+    return _directions(per_anchor)
+
+
+def loop_hinge_mean(sim, *, margin, row_ids=None, col_ids=None):
+    """VSE∞'s warm-up: the mean over negatives of max(0, m + s_n − s_p), s_p the hardest positive."""
+    per_anchor = []
+    for d, positives, negatives in _anchors(sim, row_ids, col_ids):
+        total = 0.0
+        for sn in negatives:
+            total += max(0.0, margin + sn - min(positives))
+        per_anchor.append((d, total / len(negatives)))
     return _directions(per_anchor)
 
 
@@ -358,3 +369,69 @@ def test_mining_schedule_is_one_based():
         MiningSchedule("semi-hard")
     with pytest.raises(ValueError, match="warmup_epochs"):
         MiningSchedule("hardest", warmup_epochs=-1)
+
+
+# ---------------------------------------------------------------- Triplet-HN warm-up (VSE∞)
+
+
+@pytest.mark.parametrize("case", ID_CASES)
+def test_hinge_mean_matches_loop(case):
+    n_v, n_t, row_ids, col_ids = ID_CASES[case]
+    sim = _sim(n_v, n_t, seed=11)
+    ids = {"row_ids": row_ids, "col_ids": col_ids}
+    out = hinge_mean_loss(sim, margin=0.3, **ids)
+    _check_close(out, loop_hinge_mean(sim, margin=0.3, **ids))
+    _check_close(out, loop_diagnostics(sim, margin=0.3, **ids))
+
+
+@pytest.mark.parametrize("case", ["diagonal", "repeated_square", "repeated_rectangular"])
+def test_triplet_hn_warmup_is_the_mean_hinge_then_the_hardest(case):
+    """The Triplet-HN family (hardest, γ = 1000, 1/γ) with VSE∞'s warm-up: the warm-up epochs
+    train the mean-over-negatives hinge exactly, later epochs the max-violation hinge."""
+    n_v, n_t, row_ids, col_ids = ID_CASES[case]
+    sim = _sim(n_v, n_t, seed=12)
+    ids = {"row_ids": row_ids, "col_ids": col_ids}
+    family = {"margin": 0.2, "gamma": 1000.0, "scale_by_gamma": True, **ids}
+    schedule = MiningSchedule("hardest", warmup_epochs=2, warmup_mining="hinge_mean")
+    assert [schedule.at(e) for e in (1, 2, 3)] == ["hinge_mean", "hinge_mean", "hardest"]
+    for epoch in (1, 2):
+        _check_close(scheduled_loss(sim, schedule.at(epoch), **family), loop_hinge_mean(sim, margin=0.2, **ids))
+    after = scheduled_loss(sim, schedule.at(3), **family)
+    bound = math.log(max(n_v, n_t)) / 1000.0
+    assert abs(after["loss"].item() - loop_triplet(sim, margin=0.2, **ids)["loss"]) <= bound
+    assert abs(after["loss"].item() - triplet_hn_loss(sim, margin=0.2, **ids)["loss"].item()) <= bound
+
+
+def test_old_all_warmup_was_the_hardest_negative_at_large_gamma():
+    """Why the old warm-up was a dead dimension: mining "all" at γ = 1000 with 1/γ is within
+    log(N)/γ of the hardest negative's hinge, while the mean hinge differs from it."""
+    sim = _sim(64, 64, seed=13)
+    hardest = triplet_hn_loss(sim, margin=0.2)["loss"].item()
+    old = unified_loss(sim, margin=0.2, gamma=1000.0, mining="all", scale_by_gamma=True)["loss"].item()
+    assert abs(old - hardest) <= math.log(63) / 1000.0
+    assert hardest - hinge_mean_loss(sim, margin=0.2)["loss"].item() > 0.1
+
+
+def test_hinge_mean_gradcheck_and_positives_get_no_cost():
+    n_v, n_t, row_ids, col_ids = ID_CASES["repeated_rectangular"]
+    sim = _sim(n_v, n_t, seed=14).requires_grad_(True)
+    margin = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s, m: hinge_mean_loss(s, margin=m, row_ids=row_ids, col_ids=col_ids)["loss"], (sim, margin))
+    # A batch where every negative sits far below its positive: zero loss and zero gradient.
+    easy = (torch.eye(5, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    out = hinge_mean_loss(easy, margin=0.2)
+    out["loss"].backward()
+    assert out["loss"].item() == 0.0 and easy.grad.abs().max().item() == 0.0
+
+
+def test_scheduled_loss_dispatches_and_schedule_checks_the_warmup_mode():
+    sim = _sim(6, 6, seed=15)
+    for mining in MINING_MODES:
+        got = scheduled_loss(sim, mining, margin=0.1, gamma=20.0, topk=2)["loss"].item()
+        assert got == unified_loss(sim, margin=0.1, gamma=20.0, mining=mining, topk=2)["loss"].item()
+    assert MiningSchedule("hardest", 1).at(1) == "all"   # the default warm-up is unchanged
+    with pytest.raises(ValueError, match="warmup_mining"):
+        MiningSchedule("hardest", 1, warmup_mining="semi-hard")
+    with pytest.raises(ValueError, match="margin"):
+        hinge_mean_loss(sim, margin=float("nan"))

@@ -1,9 +1,13 @@
 """Losses of unitune: the unified loss of pair similarity optimization, its two published
-special cases in textbook form, the learnable scale and the mining schedule."""
+special cases in textbook form, VSE∞'s warm-up hinge, the learnable scale and the mining
+schedule."""
 
-from .mining import MINING_MODES, MiningSchedule
+from .hinge import hinge_mean_loss
+from .mining import MINING_MODES, WARMUP_MODES, MiningSchedule
 from .reference import triplet_hn_loss, vlc_loss
 from .scale import LearnableScale
+from .scheduled import scheduled_loss
 from .unified import unified_loss
 
-__all__ = ["MINING_MODES", "LearnableScale", "MiningSchedule", "triplet_hn_loss", "unified_loss", "vlc_loss"]
+__all__ = ["MINING_MODES", "WARMUP_MODES", "LearnableScale", "MiningSchedule", "hinge_mean_loss",
+           "scheduled_loss", "triplet_hn_loss", "unified_loss", "vlc_loss"]

@@ -1,6 +1,10 @@
 """Negative-mining modes of the unified loss and a warm-up schedule over epochs."""
 
 MINING_MODES = ("all", "hardest", "topk")
+# What the warm-up epochs train with: "all" = the unified loss over all negatives
+# (softmax-weighted); "hinge_mean" = VSE∞'s warm-up, the triplet hinge averaged over all
+# negatives (`hinge_mean_loss`), for the Triplet-HN family.
+WARMUP_MODES = ("all", "hinge_mean")
 
 
 def check_mining(mining):
@@ -10,27 +14,32 @@ def check_mining(mining):
 
 
 class MiningSchedule:
-    """Mining mode per epoch: "all" during warm-up, then `mining` (as VSE∞ warms up).
+    """Mode per epoch: `warmup_mining` during warm-up, then `mining` (as VSE∞ warms up).
 
     Epochs are 1-based, as the training loop counts them: with `warmup_epochs=2`,
-    `at(1)` and `at(2)` return "all" and `at(3)` returns `mining`.
+    `at(1)` and `at(2)` return `warmup_mining` and `at(3)` returns `mining`. The modes are
+    those of `scheduled_loss`: MINING_MODES (the unified loss) and "hinge_mean".
 
-    Raises ValueError naming `mining` (not in MINING_MODES) or `warmup_epochs`
-    (not an int >= 0).
+    Raises ValueError naming `mining` (not in MINING_MODES), `warmup_epochs` (not an
+    int >= 0) or `warmup_mining` (not in WARMUP_MODES).
     """
 
-    def __init__(self, mining, warmup_epochs=0):
+    def __init__(self, mining, warmup_epochs=0, warmup_mining="all"):
         check_mining(mining)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        if warmup_mining not in WARMUP_MODES:
+            raise ValueError(f"warmup_mining must be one of {WARMUP_MODES}, got {warmup_mining!r}")
         self.mining = mining
         self.warmup_epochs = warmup_epochs
+        self.warmup_mining = warmup_mining
 
     def at(self, epoch):
-        """Mining mode for the 1-based `epoch`; ValueError naming `epoch` if it is not an int >= 1."""
+        """Mode for the 1-based `epoch`; ValueError naming `epoch` if it is not an int >= 1."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
             raise ValueError(f"epoch is 1-based and must be an int >= 1, got {epoch!r}")
-        return "all" if epoch <= self.warmup_epochs else self.mining
+        return self.warmup_mining if epoch <= self.warmup_epochs else self.mining
 
     def __repr__(self):
-        return f"MiningSchedule({self.mining!r}, warmup_epochs={self.warmup_epochs})"
+        return (f"MiningSchedule({self.mining!r}, warmup_epochs={self.warmup_epochs}, "
+                f"warmup_mining={self.warmup_mining!r})")

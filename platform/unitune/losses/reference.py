@@ -43,7 +43,7 @@ def vlc_loss(sim, *, temperature, row_ids=None, col_ids=None):
     else:
         i2t = _cross_entropy_per_positive(logits, mask)
         t2i = _cross_entropy_per_positive(logits.t(), mask.t())
-    return {"loss": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, **_diagnostics(x, mask, 0.0)}
+    return {"loss": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, **dense_diagnostics(x, mask, 0.0)}
 
 
 def _cross_entropy_per_positive(logits, mask):
@@ -78,7 +78,7 @@ def triplet_hn_loss(sim, *, margin, row_ids=None, col_ids=None):
     i2t = _max_violation(x, mask, margin)
     t2i = _max_violation(x.t(), mask.t(), margin)
     m = margin.detach() if isinstance(margin, torch.Tensor) else margin
-    return {"loss": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, **_diagnostics(x, mask, m)}
+    return {"loss": (i2t + t2i) / 2, "i2t": i2t, "t2i": t2i, **dense_diagnostics(x, mask, m)}
 
 
 def _max_violation(x, mask, margin):
@@ -88,7 +88,8 @@ def _max_violation(x, mask, margin):
     return cost.max(dim=1).values.mean()
 
 
-def _diagnostics(x, mask, margin):
+def dense_diagnostics(x, mask, margin):
+    """Detached diagnostics of `unified_loss` from a dense positives mask.  x, mask: [A, C]."""
     with torch.no_grad():
         x = x.detach()
         negatives = x.masked_fill(mask, float("-inf"))
