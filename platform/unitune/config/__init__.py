@@ -8,8 +8,8 @@ Imports nothing above it (no torch, Ray or MLflow), so every layer may read it.
 
 from unitune.config.job import (
     DATA_FORMATS, MINING_MODES, MODEL_NAMES, DataSpec, FreezeSpec, JobSpec, LossSpec, ModelSpec,
-    OptimSpec, RaySpec, ResourcesSpec, SearchRef, SplitsSpec, SyntheticSpec, TrackingSpec, TrainSpec,
-    is_local_store, is_remote_address,
+    OptimSpec, RaySpec, ResourcesSpec, SearchRef, SplitsSpec, StudySpec, SyntheticSpec, TrackingSpec,
+    TrainSpec, is_local_store, is_remote_address,
 )
 from unitune.config.loading import (
     apply_overrides, expand_env, load_job, missing_inputs, parse_override, read_yaml, require_inputs,
@@ -22,7 +22,7 @@ __all__ = [
     "CONVERGENCE_METRICS", "DATA_FORMATS", "METRICS", "MINING_MODES", "MODEL_NAMES",
     "AshaSpec", "DataSpec", "FreezeSpec", "JobSpec", "LossSpec", "ModelSpec", "ObjectiveSpec",
     "OptimSpec", "ParamSpec", "RaySpec", "ResourcesSpec", "SearchRef", "SearchSpaceSpec",
-    "SplitsSpec", "SyntheticSpec", "TrackingSpec", "TrainSpec",
+    "SplitsSpec", "StudySpec", "SyntheticSpec", "TrackingSpec", "TrainSpec",
     "apply_overrides", "expand_env", "is_local_store", "is_remote_address", "load_job",
     "load_space", "missing_inputs", "parse_override", "read_yaml", "require_inputs",
 ]

@@ -138,6 +138,9 @@ class LossSpec(Spec):
     mining: Literal["all", "hardest", "topk"] = "all"
     topk: PositiveInt | None = None
     warmup_epochs: NonNegativeInt = 0
+    # What the warm-up epochs train with: "all" (the unified loss over all negatives) or
+    # "hinge_mean" (VSE∞: the triplet hinge averaged over all negatives; Triplet-HN family).
+    warmup_mining: Literal["all", "hinge_mean"] = "all"
 
     @model_validator(mode="after")
     def _check_mining(self) -> LossSpec:
@@ -214,6 +217,17 @@ class SearchRef(Spec):
     max_concurrent: PositiveInt | None = None
 
 
+class StudySpec(Spec):
+    """``unitune study``: the search-space files of the families compared (relative to the job
+    file), final runs per family (seeds 0..seeds-1), the metric that decides (None: the
+    spaces' own, which must agree) and the final runs' epochs (None: ``train.final_epochs``)."""
+
+    spaces: list[Path] = []
+    seeds: PositiveInt = 3
+    metric: str | None = None
+    final_epochs: PositiveInt | None = None
+
+
 def is_remote_address(address: str | None) -> bool:
     """True when a Ray address points at another machine (``ray://host`` or ``host:port``)."""
     if address is None or address in ("auto", "local"):
@@ -242,6 +256,7 @@ class JobSpec(Spec):
     ray: RaySpec = RaySpec()
     tracking: TrackingSpec = TrackingSpec()
     search: SearchRef = SearchRef()
+    study: StudySpec = StudySpec()
 
     _source: Path | None = PrivateAttr(default=None)
 
