@@ -1,11 +1,27 @@
-"""Convergence speed of one trial from its validation curve (pure functions, no Ray).
+"""Convergence speed of one run from its validation curve (pure functions, no Ray).
 
-A curve is the list of per-epoch results a trial reported, oldest first; each result is
-a dict holding at least ``epoch`` (1-based), the metric, and ``train_time_s`` (seconds of
-training inside the trial up to that epoch, queue time excluded).
+A curve is the list of per-epoch results a run reported, oldest first; each result is a
+dict holding at least ``epoch`` (0 = the model before training, then 1-based), the
+metric, and ``train_time_s`` (seconds of training inside the run up to that epoch, queue
+time excluded).
 
 "Reaching" a value means ``>=`` it for ``mode="max"`` and ``<=`` it for ``mode="min"``.
 NaN values (a diverged epoch) never reach anything and are never the best.
+
+Every measure is comparable across the trials of a search, whatever ASHA did to them:
+
+- ``budget`` is the search's full epoch budget (``train.epochs`` of the trials' job). The
+  area under the curve is counted over all of it, epochs a stopped trial never ran
+  counting 0, so only a trial that ran the whole budget at the metric's maximum scores 1.
+- The area is normalised by a value common to all trials: the metric's maximum
+  (:data:`METRIC_MAX`, e.g. 600 for RSUM) where it has one, else the target.
+- ``epochs_to_90pct_best`` is measured to 90% of ``max(own best, target)``: a trial that
+  plateaus early far below the target never gets there, so it cannot look fast.
+- A target never reached is **budget + 1** epochs (``epochs_to_target``,
+  ``epochs_to_90pct_best``): a finite number that sorts after every reached one and reads
+  as "not within the budget"; ``target_reached`` is 0 then (1 when reached) and
+  ``seconds_to_target`` NaN (no time exists). Without ``budget`` (an old caller) the
+  never-reached value is ``inf``.
 """
 
 from __future__ import annotations
@@ -13,8 +29,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-KEYS = ("epochs_to_target", "seconds_to_target", "epochs_to_90pct_best",
+KEYS = ("epochs_to_target", "seconds_to_target", "target_reached", "epochs_to_90pct_best",
         "normalized_auc", "best_value", "best_epoch")
+# Largest value of a bounded metric (recalls are percentages; RSUM sums six of them).
+METRIC_MAX: dict[str, float] = {"rsum": 600.0, **{f"r{k}_{d}": 100.0 for k in (1, 5, 10) for d in ("i2t", "t2i")}}
 
 
 def _check_mode(mode: str) -> None:
@@ -54,58 +72,88 @@ def best_index(values: Sequence[float], mode: str) -> int | None:
     return best
 
 
-def normalized_auc(values: Sequence[float], mode: str) -> float:
-    """Area under the curve over the epochs run, divided by (epochs × own best value).
+def normalized_auc(values: Sequence[float], mode: str, scale: float | None, budget: int | None = None) -> float:
+    """Mean over the ``budget`` epochs of each epoch's value relative to ``scale``, in [0, 1].
 
-    ``Σ_e v_e / (n · best)`` for ``max`` and ``n · best / Σ_e v_e`` for ``min``: 1.0 when the
-    trial sat at its best from its first epoch, smaller the slower it got there. A
-    scale-free speed measure for metrics that are positive (RSUM, recall, loss).
-    NaN when the curve is empty, holds a NaN, or the best is not positive.
+    Args:
+        values: the values of epochs 1, 2, ... (epoch 0, the same model for every trial, is
+            not part of the area).
+        mode: "max": an epoch scores ``min(v, scale) / scale``; "min": ``min(1, scale / v)``.
+            A NaN epoch scores 0.
+        scale: a value common to all compared runs (the metric's maximum, or the target).
+        budget: epochs of the full budget; epochs past ``len(values)`` score 0. None: the
+            epochs given.
+
+    Returns:
+        The normalised area; NaN without ``scale`` (or a non-positive one) or without epochs.
+
+    Raises:
+        ValueError: a bad ``mode``, or ``budget`` smaller than ``len(values)``.
     """
     _check_mode(mode)
-    idx = best_index(values, mode)
-    if idx is None or any(math.isnan(float(v)) for v in values):
+    budget = len(values) if budget is None else int(budget)
+    if budget < len(values):
+        raise ValueError(f"budget {budget} is smaller than the {len(values)} epochs given")
+    if scale is None or not scale > 0 or budget == 0:
         return math.nan
-    best, total, n = float(values[idx]), float(sum(values)), len(values)
-    if best <= 0 or total <= 0:
-        return math.nan
-    return total / (n * best) if mode == "max" else n * best / total
+    total = 0.0
+    for value in map(float, values):
+        if math.isnan(value):
+            continue
+        if mode == "max":
+            total += max(0.0, min(value, scale)) / scale
+        else:
+            total += 1.0 if value <= scale else scale / value
+    return total / budget
 
 
 def convergence_summary(curve: Sequence[dict], metric: str, mode: str, target: float | None,
-                        time_key: str = "train_time_s") -> dict[str, float]:
-    """Convergence-speed metrics of one trial.
+                        time_key: str = "train_time_s", *, budget: int | None = None) -> dict[str, float]:
+    """Convergence-speed metrics of one run (see the module docstring for the choices).
+
+    Args:
+        curve: per-epoch results (epoch 0 optional); results without ``metric`` are skipped.
+        budget: the full epoch budget of the search (or of the final run).
 
     Returns a dict with :data:`KEYS`:
-        epochs_to_target: epoch at which ``metric`` first reached ``target`` (inf if never;
-            NaN when no target is set).
-        seconds_to_target: ``time_key`` at that epoch (inf if never; NaN without target).
-        epochs_to_90pct_best: first epoch reaching 90% of the trial's own best
-            (``>= 0.9·best`` for max, ``<= best/0.9`` for min; NaN without a best).
-        normalized_auc: :func:`normalized_auc` of the curve.
+        epochs_to_target: first epoch whose ``metric`` reached ``target`` (0: the model
+            before training already did); ``budget + 1`` if never; NaN without a target.
+        seconds_to_target: ``time_key`` at that epoch (0 at epoch 0); NaN if never reached
+            or without a target.
+        target_reached: 1.0 or 0.0; NaN without a target.
+        epochs_to_90pct_best: first epoch reaching 90% of ``max(own best, target)``
+            (``<= min(best, target) / 0.9`` for min); ``budget + 1`` if never; NaN without a
+            target or without a best.
+        normalized_auc: :func:`normalized_auc` over epochs >= 1 with ``scale`` =
+            ``METRIC_MAX[metric]`` or else ``target``.
         best_value, best_epoch: the best value and the epoch it was reported at (NaN if none).
 
-    Results without ``metric`` (epochs without evaluation) are skipped.
-
     Raises:
-        ValueError: ``mode`` is not "max" or "min".
+        ValueError: ``mode`` is not "max" or "min"; ``budget`` is below the epochs run.
     """
     _check_mode(mode)
     points = [r for r in curve if r.get(metric) is not None]
     values = [float(r[metric]) for r in points]
     epochs = [float(r.get("epoch", i + 1)) for i, r in enumerate(points)]
+    trained = [v for v, e in zip(values, epochs) if e >= 1]
+    never = float(budget) + 1 if budget is not None else math.inf
     out = dict.fromkeys(KEYS, math.nan)
-    if target is not None:
-        hit = first_reaching(values, float(target), mode)
-        out["epochs_to_target"] = epochs[hit] if hit is not None else math.inf
-        out["seconds_to_target"] = (float(points[hit].get(time_key, math.nan))
-                                    if hit is not None else math.inf)
     idx = best_index(values, mode)
     if idx is not None:
-        best = values[idx]
-        out["best_value"], out["best_epoch"] = best, epochs[idx]
-        near = 0.9 * best if mode == "max" else best / 0.9
-        hit90 = first_reaching(values, near, mode) if best > 0 else None
-        out["epochs_to_90pct_best"] = epochs[hit90] if hit90 is not None else math.nan
-    out["normalized_auc"] = normalized_auc(values, mode)
+        out["best_value"], out["best_epoch"] = values[idx], epochs[idx]
+    if target is not None:
+        target = float(target)
+        hit = first_reaching(values, target, mode)
+        out["target_reached"] = float(hit is not None)
+        out["epochs_to_target"] = epochs[hit] if hit is not None else never
+        if hit is not None:
+            out["seconds_to_target"] = 0.0 if epochs[hit] == 0 else float(points[hit].get(time_key, math.nan))
+        if idx is not None:
+            best = values[idx]
+            reference = max(best, target) if mode == "max" else min(best, target)
+            near = 0.9 * reference if mode == "max" else reference / 0.9
+            hit90 = first_reaching(values, near, mode) if reference > 0 else None
+            out["epochs_to_90pct_best"] = epochs[hit90] if hit90 is not None else never
+    scale = METRIC_MAX.get(metric, target)
+    out["normalized_auc"] = normalized_auc(trained, mode, scale, budget)
     return out
