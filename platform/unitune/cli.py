@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unitune import __version__, export, submit, ui  # these import Ray/MLflow only when they run
-from unitune.errors import UserError
+from unitune.errors import UserError, mask_uri
 from unitune.search import command as search_command  # imports Ray/Optuna only when it runs
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -91,7 +91,7 @@ def summarize(job, space) -> list[str]:
         f"train:     {job.train.epochs} epochs, global batch {job.train.batch_size}, "
         f"{res.num_workers} worker(s) x {device}",
         f"ray:       {job.ray.address or 'local (127.0.0.1)'}",
-        f"tracking:  {job.tracking.uri} (experiment {job.experiment})",
+        f"tracking:  {mask_uri(job.tracking.uri)} (experiment {job.experiment})",
     ]
     if space is None:
         lines.append("space:     none (search.space not set)")
@@ -109,9 +109,11 @@ def run_train(args: argparse.Namespace) -> int:
     """Train one job on Ray Train, log it as one MLflow run, print the final metrics."""
     job = load_job_from_args(args)
     from unitune.config import require_inputs
+    from unitune.preflight import preflight
     from unitune.train.run import train
 
     require_inputs(job)
+    preflight(job)  # the data, before Ray and MLflow
     train(job)
     return 0
 

@@ -23,13 +23,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from unitune.errors import UserError
+from unitune.errors import UserError, mask_uri
+from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = "unitune.inf."
 PARENT_TAG = "mlflow.parentRunId"
 _BATCH = 100  # MLflow's per-request limit on params and tags (metrics: 1000)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+# MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: that URI may hold a
+# password, and unitune prints its own (masked) run link.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
@@ -101,28 +105,42 @@ class Tracker:
         return {"uri": self.uri, "artifact_location": self.artifact_location,
                 "_client": None, "_experiments": dict(self._experiments)}
 
-    def check(self, ray_address: str | None = None) -> None:
-        """Open the store once; refuse a machine-local store with a remote Ray cluster.
+    def check(self, ray_address: str | None = None, experiment: str | None = None) -> None:
+        """Refuse a store this run could not write to, in seconds and before any run exists.
+
+        In order: a machine-local store with a remote Ray cluster; write probes of a local
+        store (the sqlite file and its folder, or the file store's folder) and of a local
+        artifact location (``tracking.artifact_location``, and the existing ``experiment``'s
+        own location); then one request to the store, with MLflow's HTTP retries bounded
+        (``unitune.probes.bounded_http``) so an unreachable server answers in ~10 s.
+        Nothing is created in the store; credentials in the URI are masked in messages.
 
         Raises:
-            UserError: the store cannot be opened (names the URI), or it is a sqlite/file
-                store while ``ray_address`` points at a remote cluster whose workers
-                could not write to it.
+            UserError: one line naming ``tracking.uri`` or ``tracking.artifact_location``,
+                the path or URI (masked) and the reason.
         """
+        shown = mask_uri(self.uri)
         if ray_address is not None and is_local_store(self.uri) and is_remote_ray_address(ray_address):
             raise UserError(
-                f"tracking.uri {self.uri!r} is a local sqlite/file store, but ray.address "
-                f"{ray_address!r} is a remote cluster whose workers cannot write to it; "
+                f"tracking.uri {shown!r} is a local sqlite/file store, but ray.address "
+                f"{mask_uri(ray_address)!r} is a remote cluster whose workers cannot write to it; "
                 "run an MLflow server (`mlflow server --backend-store-uri ...`) reachable "
                 "from the cluster and set tracking.uri to its http:// URL"
             )
-        try:
-            self.client.search_experiments(max_results=1)
-        except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
-            raise UserError(
-                f"MLflow tracking store {self.uri!r} (tracking.uri) cannot be opened: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from exc
+        probe_store(self.uri)
+        if self.artifact_location:
+            probe_artifacts(self.artifact_location, f"tracking.artifact_location {mask_uri(self.artifact_location)!r}")
+        with bounded_http():
+            try:
+                self.client.search_experiments(max_results=1)
+                exp = self.client.get_experiment_by_name(experiment) if experiment else None
+            except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+                raise UserError(
+                    f"tracking.uri: MLflow tracking store {shown!r} cannot be opened: "
+                    f"{first_line(exc)}"
+                ) from None
+        if exp is not None and exp.lifecycle_stage == "active" and exp.artifact_location:
+            probe_artifacts(exp.artifact_location, f"the artifact location of experiment {experiment!r}")
 
     def experiment_id(self, name: str) -> str:
         """Id of the experiment called ``name``, created (with the artifact location) if absent.
@@ -273,7 +291,7 @@ class Tracker:
         run = self.client.get_run(run_id)
         ref = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
         if urlparse(self.uri).scheme in ("http", "https"):
-            return self.uri.rstrip("/") + "/" + ref
+            return mask_uri(self.uri.rstrip("/")) + "/" + ref
         return ref
 
 

@@ -2,6 +2,7 @@
 
     load_job(path, overrides=()) -> JobSpec        apply_overrides(job, {"loss.margin": 0.3})
     load_space(path, job=None) -> SearchSpaceSpec  missing_inputs(job) / require_inputs(job)
+    space_warnings(space) -> [message]
 
 Imports nothing above it (no torch, Ray or MLflow), so every layer may read it.
 """
@@ -16,6 +17,7 @@ from unitune.config.loading import (
 )
 from unitune.config.space import (
     CONVERGENCE_METRICS, METRICS, AshaSpec, ObjectiveSpec, ParamSpec, SearchSpaceSpec, load_space,
+    space_warnings,
 )
 
 __all__ = [
@@ -24,5 +26,5 @@ __all__ = [
     "OptimSpec", "ParamSpec", "RaySpec", "ResourcesSpec", "SearchRef", "SearchSpaceSpec",
     "SplitsSpec", "StudySpec", "SyntheticSpec", "TrackingSpec", "TrainSpec",
     "apply_overrides", "expand_env", "is_local_store", "is_remote_address", "load_job",
-    "load_space", "missing_inputs", "parse_override", "read_yaml", "require_inputs",
+    "load_space", "missing_inputs", "parse_override", "read_yaml", "require_inputs", "space_warnings",
 ]

@@ -8,16 +8,41 @@ one CPU worker, local Ray and a sqlite MLflow store in the working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
-from pydantic import NonNegativeFloat, NonNegativeInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+from pydantic import NonNegativeInt, field_validator, model_validator
+
+from unitune.errors import mask_uri, shorten
 
 DATA_FORMATS = ("synthetic", "karpathy", "msrvtt", "manifest")
 MODEL_NAMES = ("tiny", "clip", "two_tower")
 MINING_MODES = ("all", "hardest", "topk")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+TINY_PRESETS = ("tiny-s", "tiny-m")  # names of ``unitune.models.tiny.TINY_PRESETS`` (a test keeps them equal)
+PREFLIGHT_MODES = ("full", "sample", "off")
+
+# Numbers where only a finite value makes sense (``.inf``/``.nan`` in YAML are refused).
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Bounds on sizes: far above any real use, low enough that a typo fails here, not in a trial.
+MAX_EMBED_DIM = 16384
+MAX_IMAGE_SIZE = 4096          # pixels per side of a model input
+MAX_SYNTHETIC_ITEMS = 100_000  # per split of the generated data set
+MAX_SYNTHETIC_IMAGE_SIZE = 1024
+MAX_FRAMES = 256
+MAX_CAPTIONS_PER_ITEM = 100
+MAX_BATCH = 65536
+MAX_EPOCHS = 100_000
+MAX_WORKERS = 4096
+MAX_NAME_CHARS = 128           # the job name names MLflow experiments and Ray run directories
+
+
+def shorten_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` on part of one line, credentials masked (for messages)."""
+    return shorten(mask_uri(repr(value)), limit)
 
 
 class FieldError(ValueError):
@@ -46,12 +71,12 @@ class SplitsSpec(Spec):
 class SyntheticSpec(Spec):
     """The built-in generated data set (``data.format: synthetic``)."""
 
-    num_train: PositiveInt = 512
-    num_val: PositiveInt = 128
-    num_test: PositiveInt = 128
-    captions_per_item: PositiveInt = 3
-    image_size: int = Field(64, ge=16)
-    num_frames: PositiveInt = 8
+    num_train: int = Field(512, gt=0, le=MAX_SYNTHETIC_ITEMS)
+    num_val: int = Field(128, gt=0, le=MAX_SYNTHETIC_ITEMS)
+    num_test: int = Field(128, gt=0, le=MAX_SYNTHETIC_ITEMS)
+    captions_per_item: int = Field(3, gt=0, le=MAX_CAPTIONS_PER_ITEM)
+    image_size: int = Field(64, ge=16, le=MAX_SYNTHETIC_IMAGE_SIZE)
+    num_frames: int = Field(8, ge=2, le=MAX_FRAMES)
     seed: NonNegativeInt = 0
     # Relative to the working directory at load time, and made absolute then: Ray Tune
     # and Ray Train run trials and workers in directories of their own.
@@ -60,7 +85,14 @@ class SyntheticSpec(Spec):
     @field_validator("cache_dir")
     @classmethod
     def _absolute_cache_dir(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+        path = value.expanduser().resolve()
+        for parent in (path, *path.parents):  # the nearest existing one must be a folder
+            if parent.exists():
+                if not parent.is_dir():
+                    where = "is" if parent == path else f"is under {parent}, which is"
+                    raise ValueError(f"{path} {where} a file, not a folder")
+                break
+        return path
 
 
 class DataSpec(Spec):
@@ -76,10 +108,27 @@ class DataSpec(Spec):
     root: Path | None = None
     annotations: Path | None = None
     splits: SplitsSpec = SplitsSpec()
-    num_frames: PositiveInt = 8
+    num_frames: int = Field(8, gt=0, le=MAX_FRAMES)
     on_bad_sample: Literal["error", "skip"] = "error"
-    num_workers: NonNegativeInt = 0
+    # What ``unitune train/search`` check before the first trial: every media file decoded
+    # (full), a sample of them (sample; every file's existence still), or nothing (off).
+    preflight: Literal["full", "sample", "off"] = "full"
+    num_workers: int = Field(0, ge=0, le=64)
     synthetic: SyntheticSpec = SyntheticSpec()
+    # The frozen-prefix cache (docs/feature_cache.md): auto | off | a directory (made absolute
+    # at load time). augment: random crops / frames (true), deterministic (false), or None:
+    # random unless the cache is on.
+    feature_cache: str = "auto"
+    augment: bool | None = None
+
+    @field_validator("feature_cache")
+    @classmethod
+    def _absolute_feature_cache(cls, value: str) -> str:
+        if value in ("auto", "off"):
+            return value
+        if not value.strip():
+            raise ValueError("must be auto, off or a directory")
+        return str(Path(value).expanduser().resolve())
 
     @model_validator(mode="after")
     def _check_format(self) -> DataSpec:
@@ -109,15 +158,17 @@ class ModelSpec(Spec):
     checkpoint: str | None = None
     image_encoder: str | None = None
     text_encoder: str | None = None
-    embed_dim: PositiveInt = 256
+    embed_dim: int = Field(256, gt=0, le=MAX_EMBED_DIM)
     video_pooling: Literal["mean", "seqTransf"] = "mean"
     # two_tower with a convolutional image tower: its input resolution (None: the tower's own,
     # e.g. 224). Small images such as the 64x64 emoji gain little from 224 and cost 8x more.
-    image_size: PositiveInt | None = None
+    image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)] | None = None
     freeze: FreezeSpec = FreezeSpec()
 
     @model_validator(mode="after")
     def _check_towers(self) -> ModelSpec:
+        if self.name == "tiny" and self.preset not in TINY_PRESETS:
+            raise FieldError("preset", f"unknown tiny preset {shorten_repr(self.preset)}; choose from {', '.join(TINY_PRESETS)}")
         if self.name == "two_tower":
             for key in ("image_encoder", "text_encoder"):
                 if getattr(self, key) is None:
@@ -136,8 +187,8 @@ class LossSpec(Spec):
     max_gamma: PositiveFloat = 100.0
     scale_by_gamma: bool = False
     mining: Literal["all", "hardest", "topk"] = "all"
-    topk: PositiveInt | None = None
-    warmup_epochs: NonNegativeInt = 0
+    topk: Annotated[int, Field(gt=0, le=MAX_BATCH)] | None = None
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
     # What the warm-up epochs train with: "all" (the unified loss over all negatives) or
     # "hinge_mean" (VSE∞: the triplet hinge averaged over all negatives; Triplet-HN family).
     warmup_mining: Literal["all", "hinge_mean"] = "all"
@@ -165,11 +216,11 @@ class OptimSpec(Spec):
 class TrainSpec(Spec):
     """Budget: epochs, global batch size, evaluation cadence, precision."""
 
-    epochs: PositiveInt = 6
-    final_epochs: PositiveInt = 20
-    batch_size: int = Field(64, ge=2)  # global batch; one item has no negatives
+    epochs: int = Field(6, gt=0, le=MAX_EPOCHS)
+    final_epochs: int = Field(20, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)  # global batch; one item has no negatives
     eval_every: PositiveInt = 1
-    eval_batch_size: PositiveInt = 256
+    eval_batch_size: int = Field(256, gt=0, le=MAX_BATCH)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     grad_checkpointing: bool = False
     max_failures: NonNegativeInt = 1
@@ -178,7 +229,7 @@ class TrainSpec(Spec):
 class ResourcesSpec(Spec):
     """Resources of one run (one trial): Ray Train workers and what each holds."""
 
-    num_workers: PositiveInt = 1
+    num_workers: int = Field(1, gt=0, le=MAX_WORKERS)
     use_gpu: bool = False
     cpu_per_worker: PositiveFloat = 1
     gpu_per_worker: PositiveFloat = 1
@@ -212,7 +263,7 @@ class SearchRef(Spec):
     number of trials and their concurrency on the cluster."""
 
     space: Path | None = None
-    target: float | None = None
+    target: FiniteFloat | None = None
     num_trials: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
 
@@ -245,7 +296,7 @@ def is_local_store(uri: str) -> bool:
 class JobSpec(Spec):
     """A whole job file. ``source`` is the file it was loaded from (None when built in code)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     seed: NonNegativeInt = 0
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -279,7 +330,7 @@ class JobSpec(Spec):
             raise FieldError("train.batch_size", f"larger than the train split "
                                                  f"(data.synthetic.num_train {self.data.synthetic.num_train}; got {self.train.batch_size})")
         if is_remote_address(self.ray.address) and is_local_store(self.tracking.uri):
-            raise FieldError("tracking.uri", f"{self.tracking.uri} is a local store that workers of the "
-                                             f"remote Ray cluster {self.ray.address} cannot reach; use an "
+            raise FieldError("tracking.uri", f"{shorten_repr(self.tracking.uri)} is a local store that workers of the "
+                                             f"remote Ray cluster {mask_uri(self.ray.address)} cannot reach; use an "
                                              "http(s):// MLflow server or a shared database")
         return self

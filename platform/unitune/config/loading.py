@@ -2,6 +2,11 @@
 
 ``load_job`` turns a job file into a validated ``JobSpec``; every mistake becomes one
 ``UserError`` whose first line names the file, the key path and the reason.
+
+Bounded: a config file is at most ``MAX_FILE_BYTES`` (1 MiB), holds at most ``MAX_VALUES``
+values once YAML aliases are followed (no "billion laughs"), and no string longer than
+``MAX_STRING_CHARS``; ``${VAR}`` is expanded one level (a variable's value is used as is,
+a ``${...}`` inside it is not expanded again).
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from pydantic import ValidationError
 
 from unitune.config.job import JobSpec
 from unitune.config.messages import validation_message
-from unitune.errors import UserError
+from unitune.errors import UserError, shorten
 
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 JOB_FILE_PATHS = ("data.root", "data.annotations", "search.space")  # relative to the job file
 OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MAX_FILE_BYTES = 1024 * 1024  # a job or search-space file
+MAX_VALUES = 20_000           # keys, list items and scalars, aliases followed
+MAX_STRING_CHARS = 4096       # one value (the longest path Linux accepts)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -49,11 +57,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise UserError(f"{path}: not a file")
+        if size > MAX_FILE_BYTES:
+            raise UserError(f"{path}: {size / 2**20:.1f} MiB; a config file may hold at most "
+                            f"{MAX_FILE_BYTES // 2**20} MiB")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#x})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -61,18 +78,51 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a mapping of keys (got {type(data).__name__})")
+    try:
+        check_size(data)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     return data
+
+
+def check_size(data: Any, key: str = "") -> None:
+    """Refuse a structure with more than ``MAX_VALUES`` values (YAML aliases counted at every
+    use) or a string longer than ``MAX_STRING_CHARS``.
+
+    Raises:
+        ValueError: naming the key and the bound.
+    """
+    count = 0
+    stack = [(key, data)]
+    while stack:
+        where, node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ValueError(f"more than {MAX_VALUES} values (YAML aliases counted at each use); "
+                             "a job needs a few hundred")
+        if isinstance(node, str) and len(node) > MAX_STRING_CHARS:
+            raise ValueError(f"{where or 'value'}: {len(node)} characters; a value may hold at most {MAX_STRING_CHARS}")
+        if isinstance(node, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
 
 
 def expand_env(value: Any) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a nested structure.
 
-    An unset variable without default stays literally ``${VAR}``: ``missing_inputs`` reports
-    it when the job needs that value, so a job still validates where its data is absent.
+    One level: the value of a variable (or a default) is inserted as is, never expanded
+    again. An unset variable without default stays literally ``${VAR}``: ``missing_inputs``
+    reports it when the job needs that value, so a job still validates where its data is absent.
+
+    Raises:
+        UserError: an expanded string is longer than ``MAX_STRING_CHARS``.
     """
     if isinstance(value, str):
         def sub(match: re.Match) -> str:
@@ -81,12 +131,29 @@ def expand_env(value: Any) -> Any:
             if got:
                 return got
             return default if default is not None else match.group(0)
-        return ENV_VAR.sub(sub, value)
+        expanded = ENV_VAR.sub(sub, value)
+        if len(expanded) > MAX_STRING_CHARS:
+            names = ", ".join(f"${{{name}}}" for name in dict.fromkeys(unset_vars(value)))
+            raise UserError(f"{shorten(value)}: {len(expanded)} characters once {names} is expanded; "
+                            f"a value may hold at most {MAX_STRING_CHARS}")
+        return expanded
     if isinstance(value, dict):
         return {k: expand_env(v) for k, v in value.items()}
     if isinstance(value, list):
         return [expand_env(v) for v in value]
     return value
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """``read_yaml`` then ``expand_env``: a config file's mapping with variables expanded.
+
+    Raises ``UserError`` naming the file (see both functions).
+    """
+    data = read_yaml(path)
+    try:
+        return expand_env(data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def unset_vars(value: str) -> list[str]:
@@ -164,7 +231,7 @@ def load_job(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = ()
     are relative to the working directory). Raises ``UserError`` for a missing or invalid
     file, a bad key or value, a missing search-space file or a missing annotation file.
     """
-    data = expand_env(read_yaml(path))
+    data = read_config(path)
     _resolve_job_paths(data, Path(path).parent)
     for key, value in _override_items(overrides):
         try:

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, PrivateAttr, TypeAdapter, ValidationError
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from unitune.config.job import FieldError, JobSpec, Spec
-from unitune.config.loading import apply_overrides, expand_env, read_yaml
+from unitune.config.job import FieldError, FiniteFloat, JobSpec, Spec
+from unitune.config.loading import apply_overrides, read_config
 from unitune.config.messages import describe_error, validation_message
-from unitune.errors import UserError
+from unitune.errors import UserError, shorten
 
 # Per-epoch metrics a trial reports (``unitune.train``), with the direction that is better.
 METRICS: dict[str, str] = {
@@ -37,6 +37,7 @@ CONVERGENCE_METRICS: dict[str, str] = {
     "normalized_auc": "max",
 }
 Scalar = str | int | float | bool | None
+MANY_TRIALS = 10_000  # more trials than any search on one cluster finishes: a warning
 
 
 class ParamSpec(Spec):
@@ -61,7 +62,7 @@ class ParamSpec(Spec):
             if not self.values:
                 raise FieldError("values", "must be a non-empty list")
             if len(set(map(repr, self.values))) != len(self.values):
-                raise FieldError("values", f"has duplicates (got {self.values})")
+                raise FieldError("values", f"has duplicates (got {shorten(self.values)})")
             return self
         if self.values is not None:
             raise FieldError("values", f"not used by type {self.type} (use low and high)")
@@ -105,7 +106,7 @@ class AshaSpec(Spec):
 
     max_epochs: PositiveInt | None = None
     grace_period: PositiveInt = 1
-    reduction_factor: float = Field(2.0, gt=1)
+    reduction_factor: float = Field(2.0, gt=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _check_budget(self) -> AshaSpec:
@@ -137,7 +138,7 @@ class SearchSpaceSpec(ObjectiveSpec):
     num_trials: PositiveInt = 8
     max_concurrent: PositiveInt = 2
     seed: NonNegativeInt = 0
-    target: float | None = None
+    target: FiniteFloat | None = None
     asha: AshaSpec | None = AshaSpec()
     params: dict[str, ParamSpec] = {}
     fixed: dict[str, Any] = {}
@@ -276,7 +277,7 @@ def load_space(path: str | Path, job: JobSpec | None = None) -> SearchSpaceSpec:
     valid job (e.g. ``loss.mining: topk`` needs ``loss.topk`` searched, fixed or in the job).
     Raises ``UserError`` naming the file, the key and the reason.
     """
-    data = expand_env(read_yaml(path))
+    data = read_config(path)
     try:
         space = SearchSpaceSpec.model_validate(data)
     except ValidationError as exc:
@@ -311,6 +312,20 @@ def _fit_to_job(space: SearchSpaceSpec, job: JobSpec) -> None:
             chosen = {k: v for k, v in sampled.items() if space.params[k].type == "choice"}
             raise UserError(f"{where}params: {chosen or sampled} gives an invalid job "
                             f"({job.source or job.name}): {str(exc).splitlines()[0]}") from None
+
+
+def space_warnings(space: SearchSpaceSpec) -> list[str]:
+    """What is valid but almost surely not meant: one message per problem (the CLI prints
+    them as warnings), each naming the file and key."""
+    where = f"{space.source}: " if space.source else ""
+    problems = []
+    if not space.params and space.num_trials > 1:
+        problems.append(f"{where}params: empty; all {space.num_trials} trials would train the same "
+                        "configuration (add params, or set num_trials: 1)")
+    if space.num_trials > MANY_TRIALS:
+        problems.append(f"{where}num_trials: {space.num_trials} trials is more than {MANY_TRIALS}; "
+                        "the search would not end (Ctrl-C stops it; --resume continues)")
+    return problems
 
 
 def example_configs(space: SearchSpaceSpec, limit: int = 256) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from unitune.data.base import (
     BAD_SAMPLE_POLICIES,
     MODALITIES,
     Collator,
+    Entry,
     ItemDataset,
     RetrievalDataset,
     Screen,
@@ -40,7 +41,7 @@ SYNTHETIC_DEFAULTS = {"num_train": 512, "num_val": 128, "num_test": 128, "captio
 __all__ = [
     "BAD_SAMPLE_POLICIES", "CLIP_MEAN", "CLIP_STD", "Collator", "DATA_FORMATS", "ImageTransform", "ItemDataset",
     "RetrievalDataset", "build_dataset", "check_batch_size", "collate", "default_transform", "generate_synthetic",
-    "load_image", "load_video", "segment_random_indices", "split_names", "uniform_indices",
+    "load_image", "load_video", "read_entries", "segment_random_indices", "split_names", "uniform_indices",
 ]
 
 
@@ -67,6 +68,20 @@ def split_names(spec, split: str) -> tuple[list[str], str]:
     if not all(names):
         raise UserError(f"{key}: bad split name {name!r}")
     return names, key
+
+
+def read_entries(fmt: str, modality: str, annotations: str | None, root: str | None,
+                 names: list[str], key: str, screen: Screen) -> list[Entry]:
+    """Parse the entries of split(s) `names` from an annotation file (no media is opened).
+
+    `fmt`: karpathy, msrvtt or manifest (the synthetic set is a manifest). Annotation
+    problems go to `screen` or raise UserError (see each loader).
+    """
+    if fmt == "karpathy":
+        return load_karpathy(annotations, root, names, key, screen)
+    if fmt == "msrvtt":
+        return load_msrvtt(annotations, root, names, key, screen)
+    return load_manifest(annotations, root, modality, names, key, screen)
 
 
 def build_dataset(
@@ -102,12 +117,7 @@ def build_dataset(
         size = options["image_size"]
         annotations = generate_synthetic(os.fspath(options.pop("cache_dir")), modality=modality, **options)
         root = None
-    if fmt == "karpathy":
-        entries = load_karpathy(annotations, root, names, key, screen)
-    elif fmt == "msrvtt":
-        entries = load_msrvtt(annotations, root, names, key, screen)
-    else:
-        entries = load_manifest(annotations, root, modality, names, key, screen)
+    entries = read_entries(fmt, modality, annotations, root, names, key, screen)
     return assemble(
         entries,
         screen=screen,

@@ -218,18 +218,7 @@ def assemble(
 
     Raises UserError for bad samples under `error` and for an empty split.
     """
-    kept = []
-    for entry in entries:
-        if not entry.captions:
-            screen.reject(f"{entry.where}: item has no captions")
-            continue
-        if not os.path.isfile(entry.path):
-            screen.reject(f"{entry.path}: {modality} file not found (listed at {entry.where})")
-            continue
-        if os.path.getsize(entry.path) == 0:
-            screen.reject(f"{entry.path}: {modality} file is empty (listed at {entry.where})")
-            continue
-        kept.append(entry)
+    kept = screen_files(entries, screen, modality)
     if screen.policy == "skip" and kept:
         kept = _decode_all(kept, screen, modality)
     if not kept:
@@ -246,6 +235,25 @@ def assemble(
         skipped=screen.skipped,
         skip_reasons=screen.reasons,
     )
+
+
+def screen_files(entries: list[Entry], screen: Screen, modality: str) -> list[Entry]:
+    """The entries with captions whose media file exists and is not empty (no decoding);
+    the others go to `screen` (raise under `error`, counted under `skip`)."""
+    kept = []
+    for entry in entries:
+        if not entry.captions:
+            screen.reject(f"{entry.where}: item has no captions")
+            continue
+        if not os.path.isfile(entry.path):
+            found = "is a folder, not a file" if os.path.isdir(entry.path) else "file not found"
+            screen.reject(f"{entry.path}: {modality} {found} (listed at {entry.where})")
+            continue
+        if os.path.getsize(entry.path) == 0:
+            screen.reject(f"{entry.path}: {modality} file is empty (listed at {entry.where})")
+            continue
+        kept.append(entry)
+    return kept
 
 
 def _decode_all(entries: list[Entry], screen: Screen, modality: str) -> list[Entry]:

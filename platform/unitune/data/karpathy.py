@@ -18,16 +18,33 @@ from unitune.data.base import Entry, Screen
 from unitune.errors import UserError
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file (a leading byte-order mark is dropped).
+
+    Raises:
+        UserError: the file is not UTF-8 (names the file, line and byte).
+        OSError: it cannot be read (FileNotFoundError included).
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
+
+
 def read_json(path: str, key: str):
     """Parse a JSON file; raises UserError naming the file (and config key) when it can't."""
     if not path:
         raise UserError(f"{key}: no annotation file given")
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise UserError(f"{path}: annotation file not found ({key})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (OSError, RecursionError) as exc:
         raise UserError(f"{path}: cannot read JSON ({exc})") from None
 
 
@@ -56,14 +73,21 @@ def load_karpathy(path: str, root: str | None, names: list[str], key: str, scree
     wanted = set(names)
     entries = []
     for i, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise UserError(f"{path}: images[{i}] is not a JSON object")
         if image.get("split") not in wanted:
             continue
         for field in ("filename", "imgid", "sentences"):
             if field not in image:
                 raise UserError(f"{path}: images[{i}].{field} is missing")
+        if not isinstance(image["sentences"], list):
+            raise UserError(f"{path}: images[{i}].sentences must be a list")
         captions = []
         for k, sentence in enumerate(image["sentences"]):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            if raw is not None and not isinstance(raw, str):
+                screen.reject(f"{path}: images[{i}].sentences[{k}].raw is not text (got {type(raw).__name__})")
+                continue
             if not isinstance(raw, str) or not raw.strip():
                 screen.reject(f"{path}: images[{i}].sentences[{k}].raw is empty")
                 continue

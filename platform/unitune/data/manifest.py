@@ -14,11 +14,12 @@ Row fields:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
 from unitune.data.base import Entry, Screen
-from unitune.data.karpathy import check_split_names
+from unitune.data.karpathy import check_split_names, read_text
 from unitune.errors import UserError
 
 
@@ -29,23 +30,23 @@ def read_rows(path: str) -> list[tuple[str, dict]]:
     if not path.endswith((".jsonl", ".csv")):
         raise UserError(f"{path}: manifest must be a .jsonl or .csv file (data.annotations)")
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            if path.endswith(".csv"):
-                return [(f"{path}: line {n + 2}", row) for n, row in enumerate(csv.DictReader(handle))]
-            rows = []
-            for n, line in enumerate(handle):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}: line {n + 1}: invalid JSON ({exc.msg})") from None
-                    if not isinstance(row, dict):
-                        raise UserError(f"{path}: line {n + 1} is not a JSON object")
-                    rows.append((f"{path}: line {n + 1}", row))
-            return rows
+        text = read_text(path)
+        if path.endswith(".csv"):
+            return [(f"{path}: line {n + 2}", row) for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")))]
+        rows = []
+        for n, line in enumerate(text.split("\n")):  # JSON Lines: only \n ends a line
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {n + 1}: invalid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}: line {n + 1} is not a JSON object")
+                rows.append((f"{path}: line {n + 1}", row))
+        return rows
     except FileNotFoundError:
         raise UserError(f"{path}: manifest not found (data.annotations)") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, csv.Error) as exc:
         raise UserError(f"{path}: cannot read manifest ({exc})") from None
 
 
@@ -108,7 +109,10 @@ def load_manifest(
         elif entry.path != media:
             raise UserError(f"{where}: id {k!r} was listed with another file at {entry.where}")
         for n, caption in enumerate(_captions(row, where)):
-            if not isinstance(caption, str) or not caption.strip():
+            if not isinstance(caption, str):
+                screen.reject(f"{where}: caption {n} is not text (got {type(caption).__name__})")
+                continue
+            if not caption.strip():
                 screen.reject(f"{where}: caption {n} is empty")
                 continue
             entry.captions.append(caption.strip())

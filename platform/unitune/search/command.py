@@ -7,6 +7,7 @@ imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the search, print its summary; 0 when at least one trial reported."""
     from unitune.cli import load_job_from_args, load_space_for
-    from unitune.config import require_inputs
-    from unitune.errors import UserError
+    from unitune.config import require_inputs, space_warnings
+    from unitune.errors import UserError, redact
 
     job = load_job_from_args(args)
     space = load_space_for(job)
     if space is None:
         raise UserError(f"{job.source}: search.space: not set; give --space FILE")
     require_inputs(job)
+    for warning in space_warnings(space):
+        print(f"unitune: warning: {warning}", file=sys.stderr)
+    from unitune.preflight import preflight
+    preflight(job, splits=("train", "val"))  # the data a search reads, before Ray and MLflow
     from unitune.search.driver import run_search
     from unitune.search.report import format_summary
 
     result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
                         verbose=not args.quiet, resume=args.resume)
-    print(format_summary(result.summary, job.tracking.uri, args.job))
+    print(redact(format_summary(result.summary, job.tracking.uri, args.job)))
     return 0 if result.summary["best"] is not None else 1

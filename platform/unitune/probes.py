@@ -1,0 +1,132 @@
+"""Checks that a store can be written, made before Ray starts and before any run exists.
+
+Write probes of local MLflow stores and artifact locations (a file created and removed in
+their folder; an existing sqlite file opened for writing, never changed), and a bound on
+MLflow's HTTP retries while a server is first asked. No MLflow import: the probes are plain
+file operations and the bound is MLflow's own environment variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from unitune.errors import UserError, mask_uri, redact, shorten
+
+CHECK_TIMEOUT_S = 4  # per HTTP request of ``Tracker.check``
+CHECK_RETRIES = 1    # urllib3 retries the first time without a pause: <= 2 x 4 s in all
+
+
+def local_path(uri: str) -> Path | None:
+    """The file or folder of a local store or artifact URI (``sqlite:///x.db``, ``file:///x``,
+    a plain path); None for servers and remote storage (http, s3, mlflow-artifacts, ...)."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return None if path.startswith(":memory:") or not path else Path(path)
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and sys.platform == "win32"):
+        return Path(uri)
+    return None
+
+
+def _probe_folder(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder`` or its nearest existing parent (MLflow creates
+    the missing ones). Raises UserError naming ``what`` and the folder."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+    if not parent.is_dir():
+        raise UserError(f"{what}: {folder} is under {parent}, which is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".unitune-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write in {parent}: {exc.strerror or exc}"
+                        + (" (read-only folder)" if parent == Path.cwd() else "")) from None
+
+
+def probe_store(uri: str) -> None:
+    """Write probe of a local MLflow store (a no-op for servers): a sqlite database must be
+    a writable file (or creatable) in a writable folder (sqlite writes its journal there);
+    a file store's folder must be writable. Nothing in the store is changed.
+
+    Raises:
+        UserError: naming tracking.uri, the path and the reason.
+    """
+    path = local_path(uri)
+    if path is None:
+        return
+    what = f"tracking.uri {mask_uri(uri)!r}"
+    if uri.startswith("sqlite:///"):
+        if path.is_dir():
+            raise UserError(f"{what}: {path} is a folder, not a sqlite database file")
+        if not path.parent.is_dir():
+            raise UserError(f"{what}: folder {path.parent} does not exist (sqlite does not create it)")
+        if path.exists():
+            try:
+                with open(path, "r+b"):
+                    pass
+            except OSError as exc:
+                raise UserError(f"{what}: {path} is not writable: {exc.strerror or exc} (read-only store)") from None
+        _probe_folder(path.parent, what)
+    else:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{what}: {path} is a file, not an MLflow file-store folder")
+        _probe_folder(path, what)
+
+
+def probe_artifacts(location: str, what: str) -> None:
+    """Write probe of a local artifact location (a no-op for remote ones).
+
+    Raises:
+        UserError: naming ``what``, the path and the reason.
+    """
+    path = local_path(location)
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what}: {path} is a file, not a folder")
+    _probe_folder(path, what)
+
+
+@contextlib.contextmanager
+def bounded_http(retries: int = CHECK_RETRIES, timeout_s: int = CHECK_TIMEOUT_S):
+    """MLflow HTTP requests inside the block: ``retries`` retries without back-off, each
+    request at most ``timeout_s``; urllib3's retry warnings are kept quiet."""
+    bounds = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    saved = {key: os.environ.get(key) for key in bounds}
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    os.environ.update(bounds)
+    pool_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def first_line(exc: BaseException) -> str:
+    """What went wrong with a store request, masked and on part of one line: a plain reason
+    for a refused or silent server, else the first line of the error's text."""
+    text = str(exc)
+    if "NewConnectionError" in text or "Connection refused" in text:
+        return "cannot connect (connection refused or host unreachable; is the server running?)"
+    if "NameResolutionError" in text or "Name or service not known" in text:
+        return "unknown host name"
+    if "ReadTimeout" in text or "ConnectTimeout" in text or "timed out" in text:
+        return f"no answer within {CHECK_TIMEOUT_S} s, {CHECK_RETRIES + 1} tries"
+    lines = text.strip().splitlines()
+    return shorten(redact(lines[0]), 200) if lines else type(exc).__name__
