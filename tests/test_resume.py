@@ -194,34 +194,22 @@ def test_resume_after_the_driver_is_killed(tmp_path):
             assert (run.info.end_time, epochs) == before[run.info.run_id]
 
 
-def test_early_end_is_interrupted_unless_asha_tagged_it(tmp_path):
-    """A trial that ends before its budget is ``stopped_by_asha`` only when the scheduler
-    tagged it so; otherwise it was interrupted."""
-    from types import SimpleNamespace
+def test_trial_state_machine():
+    """The moves a trial's record may make (unitune.tags), checked against the list in
+    docs/internals.md: final states never move; interrupted comes back to running."""
+    from unitune import tags as T
 
-    from unitune.config import JobSpec, SearchSpaceSpec
-    from unitune.search.live import SearchCallback
-    from unitune.search.trial import TrialSetup, child_run, reopen_child_run
-
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns.db")
-    job = JobSpec.model_validate({"name": "cb", "train": {"epochs": 3}})
-    space = SearchSpaceSpec.model_validate({**SPACE, "asha": {"max_epochs": 3, "grace_period": 1}})
-    setup = TrialSetup(job=job, tracker=tracker, experiment="cb", search_id="cb-1", parent_run_id=None,
-                       objectives=[("rsum", "max")], target=150, storage_path=str(tmp_path))
-    callback = SearchCallback(setup, space, verbose=False)
-    for trial_id, asha_tag, expected, status in [("a", False, "interrupted", "KILLED"),
-                                                 ("b", True, "stopped_by_asha", "KILLED")]:
-        run_id = child_run(setup, trial_id, {"loss.margin": 0.1})
-        tracker.log_metrics(run_id, {"rsum": 10.0, "epoch": 1, "train_time_s": 1.0}, step=1)
-        if asha_tag:  # what StopTaggingASHA writes when ASHA stops a trial
-            tracker.set_tags(run_id, {"unitune.state": "stopped_by_asha", "unitune.stopped_at_epoch": 1})
-        trial = SimpleNamespace(trial_id=trial_id, config={"loss.margin": 0.1},
-                                last_result={"epoch": 1, "rsum": 10.0})
-        callback.on_trial_complete(0, [], trial)
-        assert tracker.run_tags(run_id)["unitune.state"] == expected
-        assert tracker.run_status(run_id) == status
-    # a resumed search reopens an interrupted run; a finished one is left as it was
-    run_a, _ = reopen_child_run(setup, "a", {})
-    assert tracker.run_status(run_a) == "RUNNING" and tracker.run_tags(run_a)["unitune.state"] == "running"
-    run_b, tags = reopen_child_run(setup, "b", {})
-    assert tracker.run_status(run_b) == "KILLED" and tags["unitune.state"] == "stopped_by_asha"
+    allowed = {(None, "running"), ("running", "completed"), ("running", "stopped_by_asha"),
+               ("running", "failed"), ("running", "interrupted"), ("interrupted", "running"),
+               ("interrupted", "interrupted")}
+    states = [None, "running", "completed", "stopped_by_asha", "failed", "interrupted"]
+    for old in states:
+        for new in states[1:]:
+            if (old, new) in allowed:
+                T.check_transition(old, new)
+            else:
+                with pytest.raises(ValueError):
+                    T.check_transition(old, new)
+    assert {s: T.STATUS_OF_STATE[s] for s in states[1:]} == {
+        "running": "RUNNING", "completed": "FINISHED", "stopped_by_asha": "FINISHED",
+        "failed": "FAILED", "interrupted": "KILLED"}

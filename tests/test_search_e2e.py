@@ -80,7 +80,7 @@ def test_children_states_metrics_and_conditional_params(search):
         tags, params, run_id = run.data.tags, run.data.params, run.info.run_id
         state = tags["unitune.state"]
         states[run_id] = state
-        expected_status = {"completed": "FINISHED", "stopped_by_asha": "KILLED", "failed": "FAILED"}[state]
+        expected_status = {"completed": "FINISHED", "stopped_by_asha": "FINISHED", "failed": "FAILED"}[state]
         assert run.info.status == expected_status
         # conditional parameter present exactly when its condition holds
         assert ("loss.topk" in params) == (params["loss.mining"] == "topk")
@@ -91,16 +91,19 @@ def test_children_states_metrics_and_conditional_params(search):
         if float(params["loss.gamma"]) == DIVERGING_GAMMA:
             assert state == "failed"
             assert "NaN" in tags["unitune.error"] or "nan" in tags["unitune.error"]
-            assert metrics["epochs_to_target"] == math.inf
+            # never reached within the budget: budget + 1, and target_reached 0
+            assert metrics["epochs_to_target"] == space.asha.max_epochs + 1
+            assert metrics["target_reached"] == 0
             continue
         assert state in ("completed", "stopped_by_asha")
         history = tracker.metric_history(run_id, "rsum")
         epochs = [step for step, _ in history]
-        assert epochs == list(range(1, len(epochs) + 1)) and epochs
+        # epoch 0 (the model before training), then every epoch once
+        assert epochs == list(range(0, len(epochs))) and len(epochs) > 1
         if state == "completed":
-            assert len(epochs) == space.asha.max_epochs
+            assert len(epochs) == space.asha.max_epochs + 1
         else:
-            assert int(tags["unitune.stopped_at_epoch"]) == len(epochs) < space.asha.max_epochs
+            assert int(tags["unitune.stopped_at_epoch"]) == len(epochs) - 1 < space.asha.max_epochs
         values = [v for _, v in history]
         assert metrics["best_value"] == max(values)
     assert "failed" in states.values(), "the diverging gamma was never sampled"
@@ -133,5 +136,20 @@ def test_optuna_study_holds_the_same_trials(search):
         run = mlflow_trials[trial_id]
         sampled = {k: v for k, v in run.data.params.items() if k in space.params}
         assert {k: str(v) for k, v in t.params.items()} == sampled
-        failed = run.data.tags["unitune.state"] == "failed"
-        assert (t.state == optuna.trial.TrialState.FAIL) == failed
+        state = run.data.tags["unitune.state"]
+        expected = {"completed": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL,
+                    "stopped_by_asha": optuna.trial.TrialState.PRUNED}[state]
+        assert t.state == expected, (trial_id, state, t.state)
+        history = dict(tracker.metric_history(run.info.run_id, "rsum"))
+        if state == "failed":
+            assert t.user_attrs["fail_reason"] == run.data.tags["unitune.error"]
+            continue
+        # every epoch's value is an intermediate value with step = epoch, equal to MLflow's
+        assert t.intermediate_values == pytest.approx(history)
+        last = max(t.intermediate_values)
+        assert t.value == pytest.approx(history[last])
+        if state == "stopped_by_asha":
+            assert last == int(run.data.tags["unitune.stopped_at_epoch"])
+        else:
+            assert last == space.asha.max_epochs
+    assert study.metric_names == ["rsum"]

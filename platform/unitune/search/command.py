@@ -45,4 +45,13 @@ def run(args: argparse.Namespace) -> int:
     result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
                         verbose=not args.quiet, resume=args.resume)
     print(redact(format_summary(result.summary, job.tracking.uri, args.job)))
+    if result.interrupted:
+        space = ["--space", args.space] if args.space else []
+        again = " ".join(["unitune search", args.job, *space, *args.overrides, "--resume"])
+        print(f"interrupted: resume with  {again}", file=sys.stderr)
+        return result.signal + 128 if result.signal else 130
+    trials = result.summary["trials"]
+    errors = {t["error"] for t in trials if t["state"] == "failed"}
+    if trials and all(t["state"] == "failed" for t in trials) and len(errors) == 1:
+        raise UserError(f"every trial failed: {errors.pop()}")
     return 0 if result.summary["best"] is not None else 1

@@ -2,13 +2,18 @@
 
     run_search(job, space) -> SearchResult
 
-Names are deterministic: the search id is ``<job name>-<hash of job and space>`` (``-2``,
-``-3``... for later searches of the same job and space), Tune trial ids are kept across a
-resume, so the same command with ``--resume`` after an interruption (Ctrl-C, a killed
-driver) continues the newest unfinished search from Ray Tune's saved state and finds the
-same MLflow runs. The Optuna study (study name = search id) lives in an RDB storage next to the
-MLflow store (``optuna.db``), so ``optuna-dashboard sqlite:///optuna.db`` opens it and
-``warm_start=<search id>`` seeds a later search with its completed trials.
+Names are deterministic: the search id is ``<job name>-<space name>-<hash of job and
+space>`` (``-2``, ``-3``... for later searches of the same job and space), allocated
+atomically through the Optuna study of that name (the storage's unique constraint), so two
+searches started together get two ids, two Tune directories and two studies. ``--resume``
+continues the newest unfinished search of the same job and space from Ray Tune's saved state
+and finds the same MLflow runs and Optuna trials. The Optuna study (study name = search id)
+lives in an RDB storage next to the MLflow store (``optuna.db``), so ``optuna-dashboard
+sqlite:///optuna.db`` opens it and ``warm_start=<search id>`` seeds a later search.
+
+Who writes what: trials train and report; the driver's recorder
+(:mod:`unitune.search.record`) writes every child run and tells the study every outcome;
+this module writes the parent run. docs/internals.md has the state machine.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,17 +32,20 @@ import optuna
 import yaml
 
 from unitune import cluster
+from unitune import tags as T
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.errors import UserError
-from unitune.search.live import SearchCallback, StopTaggingASHA
-from unitune.search.report import write_artifacts, summarize
+from unitune.locks import file_lock
+from unitune.search.interrupt import Interrupt
+from unitune.search.live import DriverCallback
+from unitune.search.record import Recorder
+from unitune.search.report import summarize, write_artifacts
 from unitune.search.space import distribution, make_searcher
-from unitune.search.trial import (
-    BASE_JOB_ARTIFACT, ROLE_TAG, SEARCH_TAG, STATE_TAG, TrialSetup, finalize_trial, run_trial, trial_resources,
-)
+from unitune.search.trial import BASE_JOB_ARTIFACT, TrialSetup, run_trial, trial_resources
 from unitune.tracking import Tracker
 
 TUNE_DIR = ".unitune/tune"   # Tune experiment state, relative to the working directory
+MAX_SEARCHES = 10_000        # ids tried per job and space
 
 
 @dataclass
@@ -46,12 +55,22 @@ class SearchResult:
     experiment: str
     summary: dict
     resumed: bool
+    signal: int | None = None   # the signal that interrupted the search, if any
+
+    @property
+    def interrupted(self) -> bool:
+        return self.summary.get("state") == "interrupted"
 
 
 def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
     """8 hex digits identifying what is searched (the job and the space, not the file names)."""
     payload = json.dumps([job.model_dump(mode="json"), space.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:8]
+
+
+def space_name(space: SearchSpaceSpec) -> str:
+    """The space's file name without suffix (``unified``), or ``space`` for one built in code."""
+    return Path(space.source).stem if space.source is not None else "space"
 
 
 def optuna_storage_url(tracking_uri: str) -> str:
@@ -64,6 +83,34 @@ def optuna_storage_url(tracking_uri: str) -> str:
     return "sqlite:///" + str(Path.cwd() / "optuna.db")
 
 
+def _sqlite_lock(url: str) -> Path | None:
+    """The lock file serialising creation of a sqlite database (its migrations race)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    db = Path(url[len("sqlite:///"):])
+    return db.with_name(db.name + ".lock") if db.parent.is_dir() and os.access(db.parent, os.W_OK) else None
+
+
+def open_storage(tracker: Tracker) -> optuna.storages.RDBStorage:
+    """The Optuna storage of a store's searches (created once, under a lock)."""
+    url = optuna_storage_url(tracker.uri)
+    lock = _sqlite_lock(url)
+    if lock is None:
+        return optuna.storages.RDBStorage(url)
+    with file_lock(lock):
+        return optuna.storages.RDBStorage(url)
+
+
+def check_store(tracker: Tracker, address: str | None) -> None:
+    """``Tracker.check`` under the store's creation lock (two searches on a fresh store)."""
+    lock = _sqlite_lock(tracker.uri)
+    if lock is None:
+        tracker.check(address)
+        return
+    with file_lock(lock):
+        tracker.check(address)
+
+
 def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
     """The base job of every trial: the space's fixed values, the ASHA budget as epochs."""
     overrides = dict(space.fixed)
@@ -72,8 +119,15 @@ def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
     return apply_overrides(job, overrides) if overrides else job
 
 
+def tune_storage(job: JobSpec) -> str:
+    """Where Tune keeps this job's search state: ``search.storage`` or ``.unitune/tune``."""
+    if job.search.storage and "://" in job.search.storage:
+        return job.search.storage
+    return str(Path(job.search.storage or TUNE_DIR).expanduser().resolve())
+
+
 def init_ray(address: str | None) -> None:
-    """Connect to ``address`` or start a local Ray on 127.0.0.1 (see ``unitune.cluster``).
+    """Connect to ``address`` or start a private local Ray (see ``unitune.cluster``).
 
     Raises:
         UserError: the cluster cannot be reached (names the address).
@@ -86,38 +140,44 @@ def init_ray(address: str | None) -> None:
     cluster.init_ray(address)
 
 
-def _find_search(tracker: Tracker, experiment: str, base_id: str, resume: bool) -> tuple[str, str | None]:
-    """(search id, parent run id or None). A new search takes the first free id; a resumed
-    one is the newest unfinished search with this key.
+def _directions(space: SearchSpaceSpec) -> list[str]:
+    _, modes = space.objective_names()
+    return ["minimize" if m == "min" else "maximize" for m in modes]
 
-    Raises:
-        UserError: ``resume`` and no unfinished search of this job and space.
-    """
-    k, unfinished = 1, None
-    while True:
+
+def allocate_search(tracker: Tracker, storage, experiment: str, base_id: str, space: SearchSpaceSpec) -> str:
+    """The first free id ``base_id``, ``base_id-2``, ...: its Optuna study is created here,
+    atomically (the storage refuses a second study of one name), so no two searches share it."""
+    metrics, _ = space.objective_names()
+    for k in range(1, MAX_SEARCHES):
         search_id = base_id if k == 1 else f"{base_id}-{k}"
-        parent = tracker.find_run(experiment, {SEARCH_TAG: search_id, ROLE_TAG: "search"})
-        if parent is None:
-            break
-        if tracker.run_status(parent) != "FINISHED":
-            unfinished = (search_id, parent)
-        k += 1
-    if resume:
-        if unfinished is None:
-            raise UserError(f"--resume: no interrupted search of experiment {experiment!r} with this job "
-                            f"and space (search id {base_id}) in {tracker.uri}; run without --resume")
-        return unfinished
-    if unfinished is not None:
-        print(f"unitune: search {unfinished[0]} did not finish; `--resume` continues it. "
-              f"Starting a new search {search_id}.", file=sys.stderr)
-    return search_id, None
+        if tracker.find_run(experiment, {T.SEARCH: search_id, T.ROLE: "search"}) is not None:
+            continue
+        try:
+            study = optuna.create_study(study_name=search_id, storage=storage, directions=_directions(space))
+        except optuna.exceptions.DuplicatedStudyError:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metrics))
+        return search_id
+    raise UserError(f"search: {MAX_SEARCHES} searches of this job and space already exist in {tracker.uri}")
+
+
+def find_unfinished(tracker: Tracker, experiment: str, key: str) -> tuple[str, str] | None:
+    """(search id, parent run id) of the newest unfinished search with this key, else None."""
+    runs = tracker.search_runs(experiment, {T.ROLE: "search", T.SEARCH_KEY: key})
+    unfinished = [r for r in runs if r.info.status != "FINISHED"]
+    if not unfinished:
+        return None
+    run = unfinished[-1]
+    return run.data.tags[T.SEARCH], run.info.run_id
 
 
 def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
                space: SearchSpaceSpec) -> int:
-    """Copy the completed trials of study ``source`` that fit ``space`` into study ``target``.
-
-    Returns the number of trials copied.
+    """Copy the finished trials (COMPLETE, and PRUNED as pruned) of study ``source`` that fit
+    ``space`` into study ``target``. Returns the number of trials copied.
 
     Raises:
         UserError: ``source`` is not a study in ``storage``.
@@ -127,18 +187,22 @@ def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UserError(f"--warm-start: no Optuna study {source!r} (studies: {', '.join(names) or 'none'})") from None
-    metrics, modes = space.objective_names()
-    directions = ["minimize" if m == "min" else "maximize" for m in modes]
-    new = optuna.create_study(study_name=target, storage=storage, directions=directions,
-                              load_if_exists=True)
+    directions = _directions(space)
+    new = optuna.load_study(study_name=target, storage=storage)
     dists = {name: distribution(p) for name, p in space.params.items()}
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     copied = []
-    for t in old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if len(t.values) != len(directions) or any(dists.get(k) != d for k, d in t.distributions.items()):
+    for t in old.get_trials(deepcopy=False, states=states):
+        if any(dists.get(k) != d for k, d in t.distributions.items()):
+            continue
+        if t.state == optuna.trial.TrialState.COMPLETE and len(t.values) != len(directions):
             continue
         copied.append(optuna.trial.create_trial(
-            params=t.params, distributions=t.distributions, values=t.values,
-            user_attrs={**t.user_attrs, "warm_start_from": source}))
+            state=t.state, params=t.params, distributions=t.distributions,
+            values=t.values if t.state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values=t.intermediate_values,
+            user_attrs={**{k: v for k, v in t.user_attrs.items() if k != "trial_id"},
+                        "warm_start_from": source}))
     new.add_trials(copied)
     return len(copied)
 
@@ -152,105 +216,148 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         address: Ray address; ``None`` uses ``job.ray.address`` (``None``: local Ray).
         resume: continue the newest unfinished search of this job and space from Ray
             Tune's saved state (finished trials are kept, unfinished ones continue from
-            their last checkpoint).
+            their last checkpoint, a trial that had just started is continued, not replaced).
         warm_start_from: a previous search id whose Optuna trials seed the sampler.
         train_fn: replaces ``unitune.train.run_training`` (tests).
         callbacks: more ``ray.tune.Callback``s (benchmarks); not used on resume.
+
+    Returns:
+        The summary; ``result.signal`` is set when SIGINT/SIGTERM interrupted the search
+        (its record is then ``interrupted`` and resumable).
 
     Raises:
         UserError: unreachable MLflow store or Ray cluster (before any run is created), a
             local store with a remote cluster, an unknown warm-start study, nothing to resume.
     """
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-    tracker.check(address)
+    check_store(tracker, address)
     experiment = job.experiment
     base = search_job(job, space)
-    search_id, parent = _find_search(tracker, experiment, f"{job.name}-{search_key(job, space)}", resume)
-    storage_path = str(Path(TUNE_DIR).resolve())
-    exp_dir = Path(storage_path) / search_id
-    resumed = parent is not None
-    if resumed and not tune.Tuner.can_restore(str(exp_dir)):
-        raise UserError(f"--resume: search {search_id} has no Ray Tune state in {exp_dir} "
-                        "(it was started in another directory, or the state was deleted)")
+    key = search_key(job, space)
+    storage_path = tune_storage(job)
+    found = find_unfinished(tracker, experiment, key) if resume else None
+    if resume and found is None:
+        raise UserError(f"--resume: no interrupted search of experiment {experiment!r} with this job "
+                        f"and space in {tracker.uri}; run without --resume")
+    if found is not None:
+        exp_dir = f"{storage_path.rstrip('/')}/{found[0]}"
+        if not tune.Tuner.can_restore(exp_dir):
+            raise UserError(f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
+                            "started in another directory, or on a cluster without search.storage)")
     init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
-    storage = optuna.storages.RDBStorage(optuna_storage_url(tracker.uri))
-    if parent is None:
-        parent = tracker.start_run(experiment, search_id, tags={
-            SEARCH_TAG: search_id, ROLE_TAG: "search", STATE_TAG: "running",
-            "unitune.job_file": str(job.source or ""), "unitune.space_file": str(space.source or ""),
-            "unitune.optuna_storage": storage.url, "unitune.optuna_study": search_id,
-        })
-        metrics, modes = space.objective_names()
-        tracker.log_params(parent, {"metric": space.metric, "mode": space.mode, "num_trials": space.num_trials,
-                                    "max_concurrent": space.max_concurrent, "seed": space.seed,
-                                    "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()},
-                                    **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))}
-                                       if space.objectives else {})})
-        tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False), BASE_JOB_ARTIFACT)
+    storage = open_storage(tracker)
+    if found is None:
+        search_id = allocate_search(tracker, storage, experiment, f"{job.name}-{space_name(space)}-{key}", space)
+        parent = _start_parent(tracker, job, space, base, search_id, key, storage)
+        if warm_start_from:
+            copied = warm_start(storage, warm_start_from, search_id, space)
+            tracker.set_tags(parent, {"unitune.warm_start_from": warm_start_from, "unitune.warm_start_trials": copied})
     else:
+        search_id, parent = found
         tracker.reopen_run(parent)
-        tracker.set_tags(parent, {STATE_TAG: "running"})
-    if warm_start_from and not resumed:
-        copied = warm_start(storage, warm_start_from, search_id, space)
-        tracker.set_tags(parent, {"unitune.warm_start_from": warm_start_from, "unitune.warm_start_trials": copied})
+        tracker.set_tags(parent, {T.STATE: "running"})
 
     metrics, modes = space.objective_names()
     setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,
                        parent_run_id=parent, objectives=list(zip(metrics, modes)),
                        target=space.target, storage_path=storage_path, train_fn=train_fn)
-    callback = SearchCallback(setup, space, verbose=verbose)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
+    study = optuna.load_study(study_name=search_id, storage=storage)
+    recorder = Recorder(setup, study, list(space.params))
+    driver_cb = DriverCallback(recorder, space, verbose=verbose)
+    if verbose and found is not None:
+        print(f"unitune: resuming search {search_id}", file=sys.stderr)
+
+    def mark_interrupted() -> None:
+        recorder.interrupting = True
+        tracker.set_tags(parent, {T.STATE: "interrupted"})
+        recorder.interrupt_running()
+        tracker.end_run(parent, "KILLED")
+
     state = "interrupted"
+    interrupt = Interrupt(mark_interrupted)
     try:
-        if resumed:
-            print(f"unitune: resuming search {search_id} from {exp_dir}", file=sys.stderr)
-            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
-        else:
-            tuner = tune.Tuner(trainable, tune_config=_tune_config(setup, space, search_id, storage),
-                               run_config=tune.RunConfig(
-                                   name=search_id, storage_path=storage_path,
-                                   callbacks=[callback, JsonLoggerCallback(), *(callbacks or [])],
-                                   # a trial whose process dies is retried from its checkpoint
-                                   failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
-                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                   verbose=0))
-        tuner.fit()
-        state = "completed"
+        with interrupt:
+            trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
+            if found is not None:
+                tuner = tune.Tuner.restore(f"{storage_path.rstrip('/')}/{search_id}", trainable,
+                                           resume_unfinished=True, resume_errored=False, restart_errored=False)
+            else:
+                tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
+                                   run_config=tune.RunConfig(
+                                       name=search_id, storage_path=storage_path,
+                                       callbacks=[driver_cb, *(callbacks or [])],
+                                       # a trial whose process dies is retried from its checkpoint
+                                       failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
+                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                       verbose=0))
+            tuner.fit()
+        if interrupt.signal is None and _all_final(recorder, space.num_trials):
+            state = "completed"
     finally:
+        recorder.interrupting = True
+        recorder.interrupt_running()
+        summary = summarize(setup, space, storage)
+        summary["state"] = state
         try:
-            _close_leftovers(setup, state)
-            summary = summarize(setup, space, storage)
             write_artifacts(setup, space, job, storage, summary)
+            _log_headline(tracker, parent, summary)
         finally:
-            tracker.set_tags(parent, {STATE_TAG: state})
-            tracker.end_run(parent, "FINISHED" if state == "completed" else "KILLED")
-    return SearchResult(search_id, parent, experiment, summary, resumed)
+            tracker.set_tags(parent, {T.STATE: state})
+            tracker.end_run(parent, T.STATUS_OF_STATE[state])
+    return SearchResult(search_id, parent, experiment, summary, found is not None, interrupt.signal)
 
 
-def _tune_config(setup: TrialSetup, space: SearchSpaceSpec, search_id: str, storage):
+def _start_parent(tracker: Tracker, job: JobSpec, space: SearchSpaceSpec, base: JobSpec,
+                  search_id: str, key: str, storage) -> str:
+    parent = tracker.start_run(job.experiment, search_id, tags={
+        T.SEARCH: search_id, T.ROLE: "search", T.STATE: "running", T.SEARCH_KEY: key,
+        "unitune.job_file": str(job.source or ""), "unitune.space_file": str(space.source or ""),
+        "unitune.optuna_storage": storage.url, "unitune.optuna_study": search_id,
+    })
+    metrics, modes = space.objective_names()
+    tracker.log_params(parent, {"metric": space.metric, "mode": space.mode, "num_trials": space.num_trials,
+                                "max_concurrent": space.max_concurrent, "seed": space.seed,
+                                "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()},
+                                **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))}
+                                   if space.objectives else {})})
+    tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False), BASE_JOB_ARTIFACT)
+    return parent
+
+
+def _all_final(recorder: Recorder, num_trials: int) -> bool:
+    """Every planned trial has a final record (the record, not Tune, decides)."""
+    setup = recorder.setup
+    runs = setup.tracker.search_runs(setup.experiment, {T.SEARCH: setup.search_id, T.ROLE: "trial"})
+    return sum(r.data.tags.get(T.STATE) in T.DONE_STATES for r in runs) >= num_trials
+
+
+def _log_headline(tracker: Tracker, parent: str, summary: dict) -> None:
+    """The parent's metrics: best value, trials per state, trial-epochs spent (runs table)."""
+    trials = summary["trials"]
+    metrics = {f"trials_{s}": sum(t["state"] == s for t in trials)
+               for s in ("completed", "stopped_by_asha", "failed", "interrupted")}
+    metrics["trial_epochs"] = sum(int(t["epochs_run"] or 0) for t in trials)
+    if summary["best"] is not None:
+        metrics[f"best_{summary['metric']}"] = summary["best"]["metrics"]["best_value"]
+    tracker.log_metrics(parent, metrics, step=0)
+    if summary["best"] is not None:
+        tracker.set_tags(parent, {"unitune.best_trial": summary["best"]["trial_id"],
+                                  "unitune.best_run": summary["best"]["run_id"]})
+
+
+def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     scheduler = FIFOScheduler()
     if space.asha is not None:
-        scheduler = StopTaggingASHA(setup, time_attr="epoch", metric=space.metric, mode=space.mode,
+        scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode,
                                   max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
                                   reduction_factor=space.asha.reduction_factor)
     return tune.TuneConfig(search_alg=make_searcher(space, study_name=search_id, storage=storage),
                            scheduler=scheduler, num_samples=space.num_trials,
                            max_concurrent_trials=space.max_concurrent,
                            reuse_actors=True)  # imports (torch, mlflow) once per trial process
-
-
-def _close_leftovers(setup: TrialSetup, state: str) -> None:
-    """No child run stays RUNNING: those the callbacks did not close are interrupted."""
-    for run in setup.tracker.search_runs(setup.experiment, {SEARCH_TAG: setup.search_id, ROLE_TAG: "trial"}):
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            tag = run.data.tags.get(STATE_TAG)
-            final = tag if tag in ("failed", "stopped_by_asha") else "interrupted"
-            finalize_trial(setup, run.info.run_id, final)

@@ -19,9 +19,8 @@ import yaml
 
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
-from unitune.search.trial import (
-    ERROR_TAG, ROLE_TAG, SEARCH_TAG, STATE_TAG, STOP_EPOCH_TAG, TRIAL_TAG, TrialSetup, read_curve,
-)
+from unitune import tags as T
+from unitune.search.trial import TrialSetup, read_curve
 
 
 def _coerce(text: str):
@@ -41,14 +40,15 @@ def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
     """
     tracker = setup.tracker
     trials = []
-    for run in tracker.search_runs(setup.experiment, {SEARCH_TAG: setup.search_id, ROLE_TAG: "trial"}):
+    for run in tracker.search_runs(setup.experiment, {T.SEARCH: setup.search_id, T.ROLE: "trial"}):
         tags = run.data.tags
         trials.append({
-            "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id,
-            "state": tags.get(STATE_TAG), "status": run.info.status,
+            "trial_id": tags.get(T.TRIAL), "run_id": run.info.run_id, "name": run.info.run_name,
+            "state": tags.get(T.STATE), "status": run.info.status,
             "params": {k: _coerce(v) for k, v in run.data.params.items()},
             "metrics": tracker.get_metrics(run.info.run_id),
-            "stopped_at_epoch": tags.get(STOP_EPOCH_TAG), "error": tags.get(ERROR_TAG),
+            "stopped_at_epoch": tags.get(T.STOP_EPOCH), "error": tags.get(T.ERROR),
+            "epochs_run": tags.get(T.EPOCHS_RUN),
         })
     sign = 1 if setup.mode == "max" else -1
     scored = [t for t in trials if math.isfinite(t["metrics"].get("best_value", math.nan))]

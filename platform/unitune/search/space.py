@@ -94,12 +94,40 @@ def make_searcher(spec: SearchSpaceSpec, *, study_name: str | None = None,
 
 
 class TaggedOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that records the Tune trial id on each Optuna trial (user attribute
-    ``trial_id``), so the study, the Tune trials and the MLflow runs join on one key."""
+    """``OptunaSearch`` that only asks: the driver's recorder tells the study each trial's
+    outcome and intermediate values (``unitune.search.record``), so Ray's own reporting
+    (by training iteration, ASHA stops told as COMPLETE) is switched off here.
+
+    Each Optuna trial carries the Tune trial id as user attribute ``trial_id``, so the
+    study, the Tune trials and the MLflow runs join on one key. A trial that had started
+    when a previous driver died (RUNNING in the study, unknown to the restored searcher) is
+    continued: the next new Tune trial takes it over, with the same sampled values, instead
+    of a new sample.
+    """
 
     def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials:
+            orphan = self._next_orphan()
+            if orphan is not None:
+                previous = orphan.user_attrs.get("trial_id")
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+                if previous:
+                    self._ot_trials[trial_id].set_user_attr("previous_trial_id", previous)
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and "trial_id" not in ot_trial.user_attrs:
+        if ot_trial is not None and ot_trial.user_attrs.get("trial_id") != trial_id:
             ot_trial.set_user_attr("trial_id", trial_id)
         return config
+
+    def _next_orphan(self):
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number not in known:
+                return t
+        return None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass   # the recorder reports each epoch with step = epoch
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass   # the recorder tells the outcome (COMPLETE / PRUNED / FAIL)

@@ -1,0 +1,39 @@
+"""The MLflow tag names unitune writes, and the trial state machine they record.
+
+One place for them: the search driver writes them, ``export``, ``results`` and the study
+read them. A trial's run moves through::
+
+    (new) ──► running ──► completed | stopped_by_asha | failed | interrupted
+                 ▲                                                   │
+                 └──────────────────── resume ───────────────────────┘
+
+MLflow's status follows what a user reads as success or failure (``STATUS_OF_STATE``).
+"""
+
+from __future__ import annotations
+
+SEARCH = "unitune.search_id"
+TRIAL = "unitune.trial_id"
+ROLE = "unitune.role"              # "search" (parent), "trial" (child), "study"
+STATE = "unitune.state"            # a key of STATUS_OF_STATE
+STOP_EPOCH = "unitune.stopped_at_epoch"
+ERROR = "unitune.error"
+EPOCHS_RUN = "unitune.epochs_run"
+OPTUNA_TRIAL = "unitune.optuna_trial"     # the Optuna trial number of a child run
+SEARCH_KEY = "unitune.search_key"         # hash of the job and the space (what --resume matches)
+PREVIOUS_TRIAL_IDS = "unitune.previous_trial_ids"  # a trial continued under a new Tune id
+
+STATUS_OF_STATE = {"running": "RUNNING", "completed": "FINISHED", "stopped_by_asha": "FINISHED",
+                   "failed": "FAILED", "interrupted": "KILLED"}
+DONE_STATES = ("completed", "stopped_by_asha", "failed")   # final: never trained again
+TRANSITIONS = {
+    None: ("running",),
+    "running": ("completed", "stopped_by_asha", "failed", "interrupted"),
+    "interrupted": ("running", "interrupted"),
+}
+
+
+def check_transition(old: str | None, new: str) -> None:
+    """Raises ValueError for a move the state machine does not allow."""
+    if new not in TRANSITIONS.get(old, ()):
+        raise ValueError(f"trial state {old!r} -> {new!r} is not allowed")
