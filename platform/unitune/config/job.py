@@ -121,10 +121,12 @@ class DataSpec(Spec):
     feature_cache: str = "auto"
     augment: bool | None = None
 
-    @field_validator("feature_cache")
+    @field_validator("feature_cache", mode="before")
     @classmethod
-    def _absolute_feature_cache(cls, value: str) -> str:
-        if value in ("auto", "off"):
+    def _absolute_feature_cache(cls, value):
+        if isinstance(value, bool):  # YAML reads a bare off/on as a boolean
+            value = "auto" if value else "off"
+        if value in ("auto", "off") or not isinstance(value, str):
             return value
         if not value.strip():
             raise ValueError("must be auto, off or a directory")
@@ -266,6 +268,10 @@ class SearchRef(Spec):
     target: FiniteFloat | None = None
     num_trials: PositiveInt | None = None
     max_concurrent: PositiveInt | None = None
+    # Where Ray Tune keeps the search's state (what --resume continues from): None is
+    # .unitune/tune in the working directory; a submitted search that must be resumable
+    # needs a path on the cluster's shared filesystem or a URI Ray accepts (s3://, gs://).
+    storage: str | None = None
 
 
 class StudySpec(Spec):
