@@ -110,10 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
     job = load_job_from_args(args)
     from unitune.config import require_inputs
     from unitune.preflight import preflight
-    from unitune.train.run import train
 
     require_inputs(job)
-    preflight(job)  # the data, before Ray and MLflow
+    preflight(job)  # the data, before Ray and MLflow (and before importing them)
+    from unitune.train.run import train
+
     train(job)
     return 0
 

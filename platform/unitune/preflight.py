@@ -17,6 +17,7 @@ drops more than ``DROP_WARN`` of the train captions every epoch. Under
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -158,8 +159,9 @@ def decode_all(entries: list[Entry], modality: str, screen: Screen, *, label: st
     bad: set[int] = set()
     last = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="preflight")
+    quiet = quiet_native_stderr(err) if modality == "video" else contextlib.nullcontext(err)
     try:
-        with warnings.catch_warnings():
+        with quiet as err, warnings.catch_warnings():
             # Between 1x and 2x its pixel bound PIL only warns; check_image refuses those itself.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             for done, (entry, message) in enumerate(zip(entries, pool.map(problem, entries)), 1):
@@ -172,6 +174,30 @@ def decode_all(entries: list[Entry], modality: str, screen: Screen, *, label: st
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return bad
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(err: TextIO):
+    """Send file descriptor 2 to /dev/null inside the block: decord and ffmpeg print their own
+    lines about every bad video there, besides the error they raise. Yields the stream for
+    unitune's own lines (``err``, or a copy of the real stderr when ``err`` writes to fd 2)."""
+    try:
+        to_fd2 = err.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        to_fd2 = False
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    out = os.fdopen(os.dup(saved), "w", buffering=1) if to_fd2 else err
+    try:
+        yield out
+    finally:
+        if to_fd2:
+            out.close()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def dropped_per_epoch(captions: int, batch_size: int, workers: int) -> int:

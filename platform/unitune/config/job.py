@@ -115,6 +115,11 @@ class DataSpec(Spec):
     preflight: Literal["full", "sample", "off"] = "full"
     num_workers: int = Field(0, ge=0, le=64)
     synthetic: SyntheticSpec = SyntheticSpec()
+
+    @field_validator("preflight", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return {False: "off", True: "full"}.get(value, value) if isinstance(value, bool) else value
     # The frozen-prefix cache (docs/feature_cache.md): auto | off | a directory (made absolute
     # at load time). augment: random crops / frames (true), deterministic (false), or None:
     # random unless the cache is on.

@@ -76,6 +76,8 @@ def load_manifest(
     `screen`.
     """
     rows = read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: the manifest has no rows (data.annotations)")
     root = root if root is not None else os.path.dirname(path)
     other = "image" if modality == "video" else "video"
     for where, row in rows:
