@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 
 from unitune.cluster import init_ray
 from unitune.config import JobSpec
-from unitune.errors import UserError
+from unitune.errors import UserError, mask_uri
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
 from unitune.train.worker import MODEL_DIR, train_loop_per_worker
@@ -150,7 +150,7 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
             times. The MLflow run is then FAILED (KILLED on Ctrl-C), never left RUNNING.
     """
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-    tracker.check(job.ray.address)
+    tracker.check(job.ray.address, job.experiment)
     # Ray before the MLflow run: an unreachable cluster leaves no failed run behind.
     started_ray = init_ray(job.ray.address, log_to_driver=True)
     source = {"unitune.source_run": job.tracking.source_run} if job.tracking.source_run else {}
@@ -169,7 +169,7 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         # The model is in MLflow now; the resume checkpoints of a finished run are not needed.
         shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
         out(format_table(result.metrics))
-        out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {tracker.uri}")
+        out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {mask_uri(tracker.uri)}")
         status = "FINISHED"
         return {**result.metrics, "run_id": run_id}
     except (KeyboardInterrupt, SystemExit):
