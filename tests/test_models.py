@@ -481,3 +481,83 @@ def test_two_tower_with_real_offline_weights_embeds_emoji(emoji_dir):
     # chance: mean rank (n - 1 + 1) / 2 = 12 among 23 images, 8 among 15 captions
     assert _mean_positive_rank(images @ images.T, [i // 3 for i in range(24)]) < 6
     assert _mean_positive_rank(texts @ texts.T, [i // 2 for i in range(16)]) < 3
+
+
+# --- the frozen prefix (unitune.features caches it) -----------------------------------------
+
+def _split_cases():
+    """(model, tower, trainable layers) for every registry model and every cut of each tower."""
+    layers = {"tiny": {"visual": 2, "text": 2}, "clip": {"visual": 3, "text": 2},
+              "two_tower": {"visual": 4, "text": 2}}
+    return [(name, tower, n) for name, towers in layers.items() for tower, count in towers.items()
+            for n in range(count)]
+
+
+@pytest.mark.parametrize("name, tower, trainable", _split_cases())
+def test_suffix_of_prefix_is_the_full_forward(specs, name, tower, trainable):
+    """Reference: the model's own forward (image_features / text_features) on the same input,
+    padded batches included; images and videos."""
+    key = "visual_trainable_layers" if tower == "visual" else "text_trainable_layers"
+    model = _build(specs, name, video_pooling="seqTransf", freeze={key: trainable}).eval()
+    k = model.frozen_split()[tower]
+    assert k == len(model.tower_layouts()[tower].layers) - trainable
+    images, videos = _inputs(model)
+    tokens = model.tokenize(CAPTIONS)
+    with torch.no_grad():
+        if tower == "visual":
+            assert torch.allclose(model.visual_suffix(model.visual_prefix(images, k), k),
+                                  model.image_features(images), atol=1e-5)
+            prefix = model.visual_prefix(videos.flatten(0, 1), k).unflatten(0, videos.shape[:2])
+            assert torch.allclose(model.encode_visual_prefix(prefix, video=True), model.encode_video(videos), atol=1e-5)
+        else:
+            prefix = model.text_prefix(tokens["input_ids"], tokens["attention_mask"], k)
+            assert torch.allclose(model.text_suffix(prefix, k), model.text_features(**tokens), atol=1e-5)
+            assert torch.allclose(model.encode_text_prefix(prefix), model.encode_text(**tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+def test_frozen_split_is_none_without_a_frozen_layer(specs, name):
+    assert _build(specs, name).frozen_split() == {"visual": None, "text": None}
+    layouts = _build(specs, name).tower_layouts()
+    whole = {"visual_trainable_layers": len(layouts["visual"].layers),
+             "text_trainable_layers": len(layouts["text"].layers)}
+    assert _build(specs, name, freeze=whole).frozen_split() == {"visual": None, "text": None}
+    full = {t: len(layouts[t].layers) for t in ("visual", "text")}
+    assert _build(specs, name, freeze={"projections_only": True}).frozen_split() == full
+
+
+def test_hugging_face_image_tower_is_cut_only_after_its_last_layer(specs, vit_dir):
+    spec = {**specs["two_tower"], "image_encoder": str(vit_dir)}
+    assert _build({"x": spec}, "x", freeze={"visual_trainable_layers": 1}).frozen_split()["visual"] is None
+    model = _build({"x": spec}, "x", freeze={"visual_trainable_layers": 0}).eval()
+    images = _inputs(model)[0]
+    with torch.no_grad():
+        assert torch.allclose(model.visual_suffix(model.visual_prefix(images, 2), 2), model.image_features(images))
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+def test_trainable_state_is_the_trainable_parameters_and_their_buffers(specs, name):
+    model = _build(specs, name, freeze={"visual_trainable_layers": 1, "text_trainable_layers": 1})
+    state = model.trainable_state()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= set(state)
+    extra = set(state) - trainable
+    assert all(n.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked") for n in extra)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert frozen > 0 and sum(v.numel() for v in state.values()) < sum(p.numel() for p in model.parameters())
+    other = _build(specs, name, freeze={"visual_trainable_layers": 1, "text_trainable_layers": 1})
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    other.load_trainable_state(model.trainable_state())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert other.frozen_digest() == model.frozen_digest()
+    with pytest.raises(ValueError, match="trainable state"):
+        _build(specs, name, freeze={"projections_only": True}).load_trainable_state(state)
+
+
+def test_frozen_layers_run_in_eval_mode(specs):
+    model = _build(specs, "two_tower", freeze={"text_trainable_layers": 1}).train()
+    layers = model.text_tower.layers()
+    assert not layers[0].training and layers[1].training and model.text_projection.training

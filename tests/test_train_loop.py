@@ -9,6 +9,7 @@ from torch import nn
 from unitune.cli import main
 from unitune.config import LossSpec, load_job
 from unitune.eval import retrieval_metrics
+from unitune.features import job_model
 from unitune.models import load_model
 from unitune.train import NonFiniteLossError, evaluate, load_checkpoint, run_training, train_one_epoch
 from unitune.train.loop import ContrastiveStep
@@ -32,10 +33,14 @@ class Recorder:
     """A report callback that keeps the metrics and loads each checkpoint during the call."""
 
     def __init__(self, stop_after=None):
-        self.metrics, self.states, self.models = [], [], []
+        self.metrics, self.states, self.models, self.epoch0 = [], [], [], []
         self.stop_after = stop_after
 
     def __call__(self, metrics, directory):
+        if metrics["epoch"] == 0:  # the untrained model's evaluation: no checkpoint
+            assert directory is None
+            self.epoch0.append(dict(metrics))
+            return
         self.metrics.append(dict(metrics))
         self.states.append(load_checkpoint(directory))
         model_dir = f"{directory}/{MODEL_DIR}"
@@ -60,6 +65,8 @@ def test_run_training_reports_every_epoch_with_checkpoint_and_model(tmp_path):
     assert rec.metrics[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     # 48 items x 3 captions = 144 pairs, 9 full batches of 16 per epoch.
     assert rec.states[0]["scheduler"]["last_epoch"] == 9
+    # Epoch 0 first: validation metrics of the untrained model, no training keys.
+    assert len(rec.epoch0) == 1 and METRIC_KEYS <= set(rec.epoch0[0]) and "train_loss" not in rec.epoch0[0]
     assert [s["epoch"] for s in rec.states] == [1, 2]
     # The model is saved with the last checkpoint only, and loads and embeds.
     assert rec.models[0] is None and rec.models[1] is not None
@@ -79,7 +86,10 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
         run_training(job, report=crashed, checkpoint_dir=tmp_path / "ckpt")
     resumed = Recorder()
     run_training(job, report=resumed, resume_from=tmp_path / "ckpt")
-    assert [m["epoch"] for m in resumed.metrics] == [2]
+    assert [m["epoch"] for m in resumed.metrics] == [2] and resumed.epoch0 == []
+    # The checkpoint holds the trainable parameters (the tiny model has no BatchNorm).
+    _, model = job_model(job)
+    assert set(crashed.states[0]["trainable"]) == {n for n, p in model.named_parameters() if p.requires_grad}
     # Same weights, optimiser, schedule and per-epoch seeds: the same second epoch.
     for key in ("train_loss", "pos_sim", "rsum", "lr"):
         assert resumed.metrics[0][key] == pytest.approx(full.metrics[1][key], rel=1e-5), key
@@ -174,3 +184,34 @@ def test_bad_job_files_exit_2_with_one_line(tmp_path, capsys, content, needle):
     err = capsys.readouterr().err.strip()
     assert err.startswith("unitune: error:") and needle in err
     assert len(err.splitlines()) == 1, err
+
+
+def test_epoch_0_is_the_untrained_model_evaluated(tmp_path):
+    """Reference: evaluate() of the model the job builds, before any step."""
+    job = small_job(tmp_path, "train.epochs=1")
+    rec = Recorder()
+    run_training(job, report=rec)
+    _, model = job_model(job)
+    from unitune.data import build_dataset
+    val = build_dataset(job.data, "val", transform=model.image_transform(train=False), train=False)
+    expected = evaluate(model, val, batch_size=job.train.eval_batch_size)
+    assert rec.epoch0[0]["epoch"] == 0 and rec.epoch0[0]["train_time_s"] == 0.0
+    for key in METRIC_KEYS:
+        assert rec.epoch0[0][key] == pytest.approx(expected[key], abs=1e-4), key
+    assert [m["epoch"] for m in rec.metrics] == [1]  # train.epochs still counts training epochs
+
+
+def test_checkpoint_leaves_out_frozen_weights_and_resume_checks_them(tmp_path):
+    job = small_job(tmp_path, "model.freeze.visual_trainable_layers=1", "data.feature_cache=off")
+    crashed = Recorder(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(job, report=crashed, checkpoint_dir=tmp_path / "ckpt")
+    _, model = job_model(job)
+    state = crashed.states[0]
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and not frozen & set(state["trainable"])
+    assert set(state["trainable"]) == {n for n, p in model.named_parameters() if p.requires_grad}
+    other_seed = job.model_copy(update={"seed": 1})
+    from unitune.errors import UserError
+    with pytest.raises(UserError, match="frozen weights differ"):
+        run_training(other_seed, report=Recorder(), resume_from=tmp_path / "ckpt")

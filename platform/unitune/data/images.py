@@ -58,6 +58,11 @@ class ImageTransform:
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (pixels - self.mean) / self.std
 
+    def describe(self) -> dict:
+        """The settings that change the output (the feature cache's key); JSON-able."""
+        return {"class": "data.ImageTransform", "size": self.size, "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist()}
+
     def __repr__(self) -> str:
         return f"ImageTransform(size={self.size})"
 

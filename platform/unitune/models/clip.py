@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel
+from transformers.masking_utils import create_causal_mask
 
 from unitune.errors import UserError
 from unitune.models.base import DualEncoder, TowerLayout, features_tensor
@@ -43,6 +44,62 @@ class CLIPDualEncoder(DualEncoder):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return features_tensor(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+    # --- frozen prefix: the CLIP forward of transformers, cut after layer k -----------
+    def can_split(self, tower: str, k: int) -> bool:
+        return True
+
+    def visual_prefix(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        """-> tokens `[B, 1 + patches, W]` after layer k, or the pooled `[B, W]` when k = all."""
+        vision = self.clip.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        for layer in vision.encoder.layers[:k]:
+            hidden = layer(hidden, None)
+        return vision.post_layernorm(hidden[:, 0]) if k == len(vision.encoder.layers) else hidden
+
+    def visual_suffix(self, prefix: torch.Tensor, k: int) -> torch.Tensor:
+        vision = self.clip.vision_model
+        if k < len(vision.encoder.layers):
+            hidden = prefix
+            for layer in vision.encoder.layers[k:]:
+                hidden = layer(hidden, None)
+            prefix = vision.post_layernorm(hidden[:, 0])
+        return self.clip.visual_projection(prefix)
+
+    def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        eos_id = self.clip.text_model.eos_token_id
+        if eos_id == _LEGACY_EOS_ID:
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids.to(torch.int) == eos_id).int().argmax(dim=-1)
+
+    def _causal_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        return create_causal_mask(config=self.clip.text_model.config, inputs_embeds=hidden,
+                                  attention_mask=attention_mask, cache=None)
+
+    def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """-> `{"hidden", "attention_mask", "pool_index"}` (the EOS position) after layer k,
+        or `{"pooled"}` (final norm at EOS) when k = all."""
+        text = self.clip.text_model
+        hidden = text.embeddings(input_ids=input_ids)
+        mask = self._causal_mask(hidden, attention_mask)
+        for layer in text.encoder.layers[:k]:
+            hidden = layer(hidden, mask, is_causal=True)
+        pool = self._eos_positions(input_ids)
+        if k == len(text.encoder.layers):
+            rows = torch.arange(len(hidden), device=hidden.device)
+            return {"pooled": text.final_layer_norm(hidden)[rows, pool]}
+        return {"hidden": hidden, "attention_mask": attention_mask, "pool_index": pool}
+
+    def text_suffix(self, prefix: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        text = self.clip.text_model
+        if "pooled" in prefix:
+            return self.clip.text_projection(prefix["pooled"])
+        hidden = prefix["hidden"]
+        mask = self._causal_mask(hidden, prefix["attention_mask"])
+        for layer in text.encoder.layers[k:]:
+            hidden = layer(hidden, mask, is_causal=True)
+        rows = torch.arange(len(hidden), device=hidden.device)
+        return self.clip.text_projection(text.final_layer_norm(hidden)[rows, prefix["pool_index"]])
 
     def tower_layouts(self) -> dict[str, TowerLayout]:
         vision, text = self.clip.vision_model, self.clip.text_model

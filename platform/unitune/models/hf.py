@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -22,6 +24,12 @@ class HFTokenizer:
     def __init__(self, tokenizer: Any, max_length: int):
         self.tokenizer = tokenizer
         self.max_length = max_length
+
+    def describe(self) -> dict:
+        """What changes the token ids (the feature cache's key): class, source, limit, vocabulary digest."""
+        vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False)
+        return {"class": type(self.tokenizer).__name__, "source": str(self.tokenizer.name_or_path),
+                "max_length": self.max_length, "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()}
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(list(texts), padding=True, truncation=True,

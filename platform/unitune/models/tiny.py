@@ -6,6 +6,7 @@ dataset's captions (no pretrained tokenizer can be downloaded) and saved with th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -62,6 +63,12 @@ class WordTokenizer:
         counts = Counter(word for caption in captions for word in words(caption))
         ranked = sorted(counts, key=lambda word: (-counts[word], word))
         return cls(list(SPECIAL_TOKENS) + ranked[:max_vocab - len(SPECIAL_TOKENS)], max_length)
+
+    def describe(self) -> dict:
+        """What changes the token ids (the feature cache's key)."""
+        vocab = json.dumps(self.vocab, ensure_ascii=False).encode()
+        return {"class": "WordTokenizer", "max_length": self.max_length,
+                "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
 
     def encode(self, text: str) -> list[int]:
         body = [self.index.get(word, UNK_ID) for word in words(text)][:self.max_length - 2]

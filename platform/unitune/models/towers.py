@@ -42,6 +42,24 @@ class ImageTower(nn.Module):
     def image_transform(self, train: bool, size: int | None = None) -> Callable:
         raise NotImplementedError
 
+    # The frozen prefix: the input stage and the first k layers. Every tower can be cut
+    # after its last layer (k = all: the pooled output); towers that override `prefix` and
+    # `suffix` can be cut anywhere.
+    def can_split(self, k: int) -> bool:
+        return k == len(self.layers())
+
+    def prefix(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        """`[B, 3, H, W]` -> the output of the input stage and layers[:k] (k = all: `forward`)."""
+        if k != len(self.layers()):
+            raise NotImplementedError(f"{type(self).__name__} cannot be cut after layer {k}")
+        return self(pixel_values)
+
+    def suffix(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        """`prefix`'s output -> `[B, out_dim]`, as `forward` continues."""
+        if k != len(self.layers()):
+            raise NotImplementedError(f"{type(self).__name__} cannot be cut after layer {k}")
+        return features
+
     def save_assets(self, directory: Path) -> None:
         """Files needed to rebuild the architecture; registry towers need none."""
 
@@ -69,6 +87,23 @@ class TinyCNN(ImageTower):
 
     def layers(self) -> list[nn.Module]:
         return list(self.stages)
+
+    def can_split(self, k: int) -> bool:
+        return 0 <= k <= len(self.stages)
+
+    def prefix(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        """-> the feature map `[B, C, h, w]` after stage k, or `[B, out_dim]` when k = all."""
+        x = pixel_values
+        for stage in self.stages[:k]:
+            x = stage(x)
+        return x.mean(dim=(2, 3)) if k == len(self.stages) else x
+
+    def suffix(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        if k == len(self.stages):
+            return features
+        for stage in self.stages[k:]:
+            features = stage(features)
+        return features.mean(dim=(2, 3))
 
     def image_transform(self, train: bool, size: int | None = None) -> ImageTransform:
         size = size or self.image_size
@@ -105,6 +140,30 @@ class EfficientNetLite0(ImageTower):
 
     def layers(self) -> list[nn.Module]:
         return list(self.net._blocks)
+
+    def can_split(self, k: int) -> bool:
+        return 0 <= k <= len(self.net._blocks)
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        # As EfficientNet.extract_features: drop-connect grows with the block's index.
+        blocks = self.net._blocks
+        for idx in range(start, stop):
+            rate = self.net._global_params.drop_connect_rate
+            x = blocks[idx](x, drop_connect_rate=rate * float(idx) / len(blocks) if rate else rate)
+        return x
+
+    def prefix(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        """-> the feature map `[B, C, h, w]` after block k, or `[B, 1280]` when k = all."""
+        if k == len(self.net._blocks):
+            return self(pixel_values)
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(pixel_values)))
+        return self._blocks(x, 0, k)
+
+    def suffix(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        if k == len(self.net._blocks):
+            return features
+        x = self._blocks(features, k, len(self.net._blocks))
+        return self.net._swish(self.net._bn1(self.net._conv_head(x))).mean(dim=(2, 3))
 
     def head(self) -> list[nn.Module]:
         return [self.net._conv_head, self.net._bn1]

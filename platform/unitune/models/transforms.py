@@ -29,6 +29,12 @@ class ImageTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.train_scale = train_scale
 
+    def describe(self) -> dict:
+        """The settings that change the output (the feature cache's key); JSON-able."""
+        return {"class": "models.ImageTransform", "resize": self.resize, "crop": self.crop,
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "train": self.train,
+                "train_scale": list(self.train_scale) if self.train else None}
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
         width, height = image.size

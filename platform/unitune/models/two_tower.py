@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.masking_utils import create_bidirectional_mask
 
 from unitune.errors import UserError
 from unitune.models.base import DualEncoder, TowerLayout, generic_layout
@@ -43,8 +44,46 @@ class TextTower(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean: `[B, L, H]`, `[B, L]` -> `[B, H]`."""
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def layers(self) -> list[nn.Module]:
+        return generic_layout(self.model).layers
+
+    def can_split(self, k: int) -> bool:
+        """Anywhere in a BERT-family encoder (embeddings, encoder.layer, no decoder);
+        other encoders only after their last layer."""
+        bert_like = (hasattr(self.model, "embeddings") and hasattr(getattr(self.model, "encoder", None), "layer")
+                     and not getattr(self.model.config, "is_decoder", False))
+        return k == len(self.layers()) or (bert_like and 0 <= k)
+
+    def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+
+    def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """-> `{"hidden": [B, L, H], "attention_mask"}` after layer k, or `{"pooled"}` when k = all."""
+        if k == len(self.layers()):
+            return {"pooled": self(input_ids, attention_mask)}
+        hidden = self.model.embeddings(input_ids=input_ids)
+        mask = self._mask(hidden, attention_mask)
+        for layer in self.layers()[:k]:
+            hidden = layer(hidden, mask)
+        return {"hidden": hidden, "attention_mask": attention_mask}
+
+    def suffix(self, prefix: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        if "pooled" in prefix:
+            return prefix["pooled"]
+        hidden, attention_mask = prefix["hidden"], prefix["attention_mask"]
+        mask = self._mask(hidden, attention_mask)
+        for layer in self.layers()[k:]:
+            hidden = layer(hidden, mask)
+        return self.pool(hidden, attention_mask)
 
 
 def _text_source(name: str | None) -> Path | str:
@@ -74,6 +113,21 @@ class TwoTowerEncoder(DualEncoder):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_projection(self.text_tower(input_ids, attention_mask))
+
+    def can_split(self, tower: str, k: int) -> bool:
+        return self.image_tower.can_split(k) if tower == "visual" else self.text_tower.can_split(k)
+
+    def visual_prefix(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        return self.image_tower.prefix(pixel_values, k)
+
+    def visual_suffix(self, prefix: torch.Tensor, k: int) -> torch.Tensor:
+        return self.visual_projection(self.image_tower.suffix(prefix, k))
+
+    def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        return self.text_tower.prefix(input_ids, attention_mask, k)
+
+    def text_suffix(self, prefix: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        return self.text_projection(self.text_tower.suffix(prefix, k))
 
     def tower_layouts(self) -> dict[str, TowerLayout]:
         return {

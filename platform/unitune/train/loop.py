@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from unitune.eval import retrieval_metrics_from_embeddings
-from unitune.losses import MiningSchedule, unified_loss
+from unitune.losses import MiningSchedule, scheduled_loss
 from unitune.train.distributed import gather_batch
 
 
@@ -33,12 +33,32 @@ class ContrastiveStep(nn.Module):
         self.scale = scale
 
     def forward(
-        self, visual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, visual: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, *, visual_prefix: torch.Tensor | None = None,
+        video_prefix: torch.Tensor | None = None, text_prefix: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``visual`` [B,3,H,W] or [B,F,3,H,W]; ids/mask [B,L] -> ([B,D], [B,D], gamma or None)."""
-        v = self.encoder.encode_visual(visual)
-        t = self.encoder.encode_text(input_ids, attention_mask)
+        """-> ([B,D], [B,D], gamma or None).
+
+        Visual input: ``visual`` [B,3,H,W] or [B,F,3,H,W], or the feature cache's
+        ``visual_prefix`` [B,*S] / ``video_prefix`` [B,F,*S]. Text: ids/mask [B,L], or the
+        cache's ``text_prefix`` dict (see ``DualEncoder.text_prefix``).
+        """
+        if visual_prefix is not None or video_prefix is not None:
+            v = self.encoder.encode_visual_prefix(
+                video_prefix if video_prefix is not None else visual_prefix, video=video_prefix is not None)
+        else:
+            v = self.encoder.encode_visual(visual)
+        if text_prefix is not None:
+            t = self.encoder.encode_text_prefix(text_prefix)
+        else:
+            t = self.encoder.encode_text(input_ids, attention_mask)
         return v, t, (self.scale() if self.scale is not None else None)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of a (nested) batch dict on ``device``."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
+            for k, v in batch.items()}
 
 
 def autocast(device: torch.device, precision: str):
@@ -68,7 +88,8 @@ def train_one_epoch(
     Args:
         model: a ``ContrastiveStep`` (possibly DDP-wrapped).
         loader: yields ``collate`` batches ``{"visual", "input_ids", "attention_mask",
-            "item_id"}`` of the *local* batch ``B``.
+            "item_id"}`` of the *local* batch ``B``, or the feature cache's batches
+            (``CachedCollator``: prefixes instead of a cached tower's input).
         optimizer, scheduler: stepped once per batch (the schedule is per step).
         loss_cfg: the job's ``LossSpec`` (margin, gamma, mining, topk, warmup_epochs,
             scale_by_gamma); ``gamma`` is ignored when the model returns a learnable one.
@@ -88,19 +109,18 @@ def train_one_epoch(
         ValueError: the loader yields no batch.
     """
     model.train()
-    mining = MiningSchedule(loss_cfg.mining, loss_cfg.warmup_epochs).at(epoch)
+    mining = MiningSchedule(loss_cfg.mining, loss_cfg.warmup_epochs,
+                            getattr(loss_cfg, "warmup_mining", "all")).at(epoch)
     # Sums stay on the device; .tolist() at the end is the only read-back of them.
     sums = torch.zeros(4, device=device)
     steps = samples = 0
     gamma = loss_cfg.gamma
     for batch in loader:
-        visual = batch["visual"].to(device, non_blocking=True)
-        input_ids = batch["input_ids"].to(device, non_blocking=True)
-        mask = batch["attention_mask"].to(device, non_blocking=True)
-        ids = batch["item_id"].to(device, non_blocking=True)
+        inputs = to_device(batch, device)
+        ids = inputs.pop("item_id")
 
         with autocast(device, precision):
-            v, t, learned = model(visual, input_ids, mask)
+            v, t, learned = model(**inputs)
         # The loss runs in fp32 outside autocast: it is a [N, N] matmul plus logsumexps,
         # cheap next to the towers, and bf16 similarities would blur small margins.
         v, t, ids = gather_batch(v.float(), t.float(), ids)
@@ -109,8 +129,8 @@ def train_one_epoch(
             raise NonFiniteLossError(f"similarities became NaN/inf at epoch {epoch}, step {steps + 1}: the "
                                      "model diverged; lower optim.lr or loss.gamma")
         gamma = learned if learned is not None else loss_cfg.gamma
-        out = unified_loss(
-            sim, margin=loss_cfg.margin, gamma=gamma, mining=mining, topk=loss_cfg.topk,
+        out = scheduled_loss(
+            sim, mining, margin=loss_cfg.margin, gamma=gamma, topk=loss_cfg.topk,
             row_ids=ids, col_ids=ids, scale_by_gamma=loss_cfg.scale_by_gamma,
         )
 
@@ -145,24 +165,38 @@ def train_one_epoch(
 
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset, *, batch_size: int, device: torch.device,
-                  precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                  precision: str = "auto", cached=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed every item and every caption of a split.
 
     Args:
         model: a ``DualEncoder`` (not DDP-wrapped).
         dataset: a ``RetrievalDataset`` (evaluation transform).
+        cached: the split's ``unitune.features.CachedSplit`` or None; a tower it caches
+            runs only its suffix on the cached prefixes.
 
     Returns:
         ``(visual [num_items, D], text [num_captions, D])``, fp32 on the CPU.
     """
     model.eval()
     visual = []
-    items = torch.utils.data.DataLoader(dataset.item_dataset(), batch_size=batch_size, shuffle=False)
-    for batch in items:
-        with autocast(device, precision):
-            visual.append(model.encode_visual(batch["visual"].to(device)).float().cpu())
+    if cached is not None and cached.visual is not None:
+        for start in range(0, len(dataset.items), batch_size):
+            prefix = cached.visual_prefix(slice(start, start + batch_size)).to(device)
+            with autocast(device, precision):
+                visual.append(model.encode_visual_prefix(prefix, video=cached.video).float().cpu())
+    else:
+        items = torch.utils.data.DataLoader(dataset.item_dataset(), batch_size=batch_size, shuffle=False)
+        for batch in items:
+            with autocast(device, precision):
+                visual.append(model.encode_visual(batch["visual"].to(device)).float().cpu())
     text = []
     for start in range(0, len(dataset.captions), batch_size):
+        if cached is not None and cached.text is not None:
+            indices = range(start, min(start + batch_size, len(dataset.captions)))
+            prefix = to_device(cached.text_batch(list(indices)), device)
+            with autocast(device, precision):
+                text.append(model.encode_text_prefix(prefix).float().cpu())
+            continue
         tokens = model.tokenize(dataset.captions[start:start + batch_size])
         with autocast(device, precision):
             text.append(model.encode_text(tokens["input_ids"].to(device),
@@ -171,15 +205,17 @@ def embed_dataset(model: nn.Module, dataset, *, batch_size: int, device: torch.d
 
 
 def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device | None = None,
-             precision: str = "auto") -> dict:
+             precision: str = "auto", cached=None) -> dict:
     """Retrieval metrics of ``model`` on a split: R@1/5/10 both ways, RSUM, MdR, MnR.
 
     Args:
-        model: a ``DualEncoder``; dataset: a ``RetrievalDataset``.
+        model: a ``DualEncoder``; dataset: a ``RetrievalDataset``; cached: its
+            ``CachedSplit`` or None (see :func:`embed_dataset`).
 
     Returns:
         ``unitune.eval.retrieval_metrics`` of the item-caption cosine similarities.
     """
     device = device or next(model.parameters()).device
-    visual, text = embed_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision)
+    visual, text = embed_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision,
+                                 cached=cached)
     return retrieval_metrics_from_embeddings(visual, text, dataset.caption_to_item, dataset.item_groups)

@@ -1,7 +1,11 @@
 """The per-worker training function, for Ray Train and for one plain process.
 
-``_fit`` is the whole run of one worker: build data and model, resume, then per epoch
-train, evaluate, checkpoint and report. Two thin entry points feed it:
+``_fit`` is the whole run of one worker: build data and model, open the feature cache
+(``unitune.features``), resume, evaluate the untrained model (epoch 0), then per epoch
+train, evaluate, checkpoint and report. A checkpoint holds the trainable state only
+(``DualEncoder.trainable_state``: trainable parameters, their BatchNorm statistics, the
+optimiser and schedule); the frozen weights are rebuilt from the job and checked against
+the digest the checkpoint records. Two thin entry points feed it:
 
 - :func:`train_loop_per_worker` for ``ray.train.torch.TorchTrainer`` (DDP through
   ``prepare_model``/``prepare_data_loader``, report and resume through ``ray.train``);
@@ -24,8 +28,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from unitune.config import JobSpec
 from unitune.data import Collator, build_dataset, check_batch_size
 from unitune.errors import UserError
+from unitune.features import CachedCollator, CachedPairs, augment, job_model, open_cache
 from unitune.losses import LearnableScale
-from unitune.models import build_model, save_model
+from unitune.models import save_model
 from unitune.train.loop import ContrastiveStep, evaluate, train_one_epoch
 from unitune.train.optim import build_optimizer, build_scheduler
 
@@ -67,19 +72,23 @@ def run_training(
     checkpoint_dir: str | os.PathLike | None = None,
     resume_from: str | os.PathLike | None = None,
     evaluate_test: bool = False,
+    save_final_model: bool = True,
 ) -> dict:
     """Train ``job`` in this process: one worker, no Ray, no DDP.
 
     Args:
         job: the validated job.
-        report: called once per epoch as ``report(metrics, checkpoint)``: the flat
-            metrics dict (see docs/internals.md "Train") and a directory holding that
-            epoch's checkpoint (``state.pt``; after the last epoch also ``model/``).
-            Without ``checkpoint_dir`` the directory is temporary: copy it during the
-            call if you need it.
+        report: called as ``report(metrics, checkpoint)``: first for epoch 0 (the
+            untrained model's validation metrics, ``checkpoint`` None; not when resuming),
+            then once per epoch with the flat metrics dict (see docs/internals.md "Train")
+            and a directory holding that epoch's checkpoint (``state.pt``; after the last
+            epoch also ``model/`` when ``save_final_model``). Without ``checkpoint_dir``
+            the directory is temporary: copy it during the call if you need it.
         checkpoint_dir: keep the latest checkpoint here (overwritten every epoch).
         resume_from: a checkpoint directory to continue from.
         evaluate_test: evaluate the test split after the last epoch (``test_*`` keys).
+        save_final_model: write the whole trained model (``model/``, ``save_model``
+            format) into the last checkpoint; a search trial does not need it.
 
     Returns:
         The metrics of the last epoch.
@@ -91,12 +100,13 @@ def run_training(
     device = torch.device("cuda" if use_cuda else "cpu")
     resume = load_checkpoint(resume_from) if resume_from is not None else None
     return _fit(job, rank=0, world_size=1, device=device, report=report, resume=resume,
-                checkpoint_dir=checkpoint_dir, evaluate_test=evaluate_test)
+                checkpoint_dir=checkpoint_dir, evaluate_test=evaluate_test, save_final_model=save_final_model)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker function: ``config = {"job": job.model_dump(mode="json"),
-    "evaluate_test": bool}``. Resumes from ``ray.train.get_checkpoint()`` when Ray
+    "evaluate_test": bool, "save_model": bool (default True)}``. Reports epoch 0 first
+    (as :func:`run_training`). Resumes from ``ray.train.get_checkpoint()`` when Ray
     restarts the workers after a failure."""
     import ray.train
     import ray.train.torch
@@ -121,6 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
         report=report,
         resume=resume,
         evaluate_test=bool(config.get("evaluate_test", False)),
+        save_final_model=bool(config.get("save_model", True)),
         prepare_model=ray.train.torch.prepare_model,
         # Our loader already has its DistributedSampler (seeded by the job); Ray only
         # adds the host-to-device transfer.
@@ -179,6 +190,7 @@ def _fit(
     resume: dict | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     evaluate_test: bool = False,
+    save_final_model: bool = True,
     prepare_model: Callable = lambda module: module,
     prepare_loader: Callable = lambda loader: loader,
 ) -> dict:
@@ -188,45 +200,69 @@ def _fit(
         # small models down by an order of magnitude on a shared machine.
         torch.set_num_threads(max(1, int(job.resources.cpu_per_worker)))
     # Same seed on every worker: identical initial weights (DDP also broadcasts rank 0's).
-    torch.manual_seed(job.seed)
-    train_set = build_dataset(job.data, "train", transform=None, train=True)
+    train_set, encoder = job_model(job)
     check_batch_size(train_set, job.train.batch_size)
-    encoder = build_model(job.model, captions=train_set.captions)
-    train_set.transform = encoder.image_transform(train=True)
+    encoder.to(device)
+    cache = open_cache(job, encoder)
+    # Random crops / frames unless the cache is on (it holds one deterministic view) or
+    # data.augment is false.
+    random_views = cache is None and augment(job) is not False
+    train_set.transform, train_set.train = encoder.image_transform(train=random_views), random_views
+    # The collators hold only the tokenizer: a bound encoder.tokenize would pickle the
+    # whole model into every DataLoader worker.
+    if cache is not None:
+        train_data = CachedPairs(train_set, cache.load(encoder, train_set, device=device))
+        collate = CachedCollator(encoder.tokenizer)
+    else:
+        train_data, collate = train_set, Collator(encoder.tokenizer)
+    # Cached visual prefixes need no decoding: loader processes would only add start-up.
+    cached_visual = cache is not None and cache.split["visual"] is not None
+    num_workers = 0 if cached_visual else job.data.num_workers
     if job.train.grad_checkpointing:
         enable_gradient_checkpointing(encoder, job.model.name)
     scale = LearnableScale(job.loss.gamma, job.loss.max_gamma) if job.loss.learnable_gamma else None
 
-    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+    sampler = DistributedSampler(train_data, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=job.seed, drop_last=True)
-    # The collator holds only the tokenizer: a bound encoder.tokenize would pickle the whole
-    # model into every DataLoader worker.
     # drop_last: every worker needs the same local batch size for the gather, and a tiny
     # last batch would have too few negatives to be worth a step.
     loader = DataLoader(
-        train_set, batch_size=job.train.batch_size // world_size, sampler=sampler, drop_last=True,
-        collate_fn=Collator(encoder.tokenizer), num_workers=job.data.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=job.data.num_workers > 0,
+        train_data, batch_size=job.train.batch_size // world_size, sampler=sampler, drop_last=True,
+        collate_fn=collate, num_workers=num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
     )
     # On the device before the optimiser exists, so that its loaded state lands there too.
     step_module = ContrastiveStep(encoder, scale).to(device)
     optimizer = build_optimizer(encoder, job.optim, scale)
     scheduler = build_scheduler(optimizer, warmup_epochs=job.optim.warmup_epochs,
                                 epochs=job.train.epochs, steps_per_epoch=len(loader))
+    frozen_sha256 = encoder.frozen_digest()
     start_epoch, train_time = 0, 0.0
     if resume is not None:
-        encoder.load_state_dict(resume["model"])
-        if scale is not None:
-            scale.load_state_dict(resume["scale"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        _load_state(resume, encoder, scale, optimizer, scheduler, frozen_sha256)
         start_epoch, train_time = resume["epoch"], resume["train_time_s"]
     step_module = prepare_model(step_module)
     loader = prepare_loader(loader)
-    val_set = build_dataset(job.data, "val", transform=encoder.image_transform(train=False),
-                            train=False) if rank == 0 else None
+    val_set = val_cached = None
+    if rank == 0:
+        val_set = build_dataset(job.data, "val", transform=encoder.image_transform(train=False), train=False)
+        val_cached = cache.load(encoder, val_set, device=device) if cache is not None else None
+
+    def validate() -> dict:
+        return evaluate(encoder, val_set, batch_size=job.train.eval_batch_size, device=device,
+                        precision=job.train.precision, cached=val_cached)
 
     metrics: dict = {}
+    if start_epoch == 0:
+        # Epoch 0: the untrained (pretrained) model, so every curve starts at the same point.
+        started = time.perf_counter()
+        metrics = {"epoch": 0, "train_time_s": 0.0}
+        if rank == 0:
+            metrics.update(validate())
+            if cache is not None:
+                metrics["feature_cache_s"] = cache.stats["feature_cache_s"]
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        report(metrics, None)
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         _maybe_fault(epoch, rank)
         _seed_epoch(job.seed, epoch, rank)
@@ -243,25 +279,45 @@ def _fit(
         # validation splits are a few thousand items, one forward pass each, and the
         # metrics need the whole similarity matrix in one place anyway.
         if rank == 0 and (epoch % job.train.eval_every == 0 or last):
-            metrics.update(evaluate(encoder, val_set, batch_size=job.train.eval_batch_size,
-                                    device=device, precision=job.train.precision))
+            metrics.update(validate())
         if rank == 0 and last and evaluate_test:
             test_set = build_dataset(job.data, "test",
                                      transform=encoder.image_transform(train=False), train=False)
+            test_cached = cache.load(encoder, test_set, device=device) if cache is not None else None
             test = evaluate(encoder, test_set, batch_size=job.train.eval_batch_size,
-                            device=device, precision=job.train.precision)
+                            device=device, precision=job.train.precision, cached=test_cached)
             metrics.update({f"test_{key}": value for key, value in test.items()})
         metrics["epoch_time_s"] = time.perf_counter() - started
         state = {
-            "model": encoder.state_dict(),
+            "trainable": encoder.trainable_state(),
+            "frozen_sha256": frozen_sha256,
             "scale": scale.state_dict() if scale is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "train_time_s": train_time,
         }
-        _checkpoint_and_report(report, metrics, state, encoder if last else None, rank, checkpoint_dir)
+        final_model = encoder if last and save_final_model else None
+        _checkpoint_and_report(report, metrics, state, final_model, rank, checkpoint_dir)
     return metrics
+
+
+def _load_state(resume: dict, encoder, scale, optimizer, scheduler, frozen_sha256: str) -> None:
+    """Continue from a checkpoint of :func:`_fit`. Raises UserError when the frozen weights
+    the job builds are not those the checkpoint was trained on, or the freeze policy differs."""
+    if "trainable" not in resume:
+        raise UserError("checkpoint: written by an older unitune (whole model state); start the run again")
+    if resume["frozen_sha256"] != frozen_sha256:
+        raise UserError("checkpoint: the job's frozen weights differ from those it was trained on "
+                        "(model sources or seed changed); start the run again")
+    try:
+        encoder.load_trainable_state(resume["trainable"])
+    except ValueError as exc:
+        raise UserError(f"checkpoint: {exc} (model.freeze changed?)") from None
+    if scale is not None:
+        scale.load_state_dict(resume["scale"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
 
 
 def _checkpoint_and_report(report: Report, metrics: dict, state: dict, final_model, rank: int,
