@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitune import __version__, export, submit, ui  # these import Ray/MLflow only when they run
+from unitune import __version__, evaluate, export, submit, ui  # these import Ray/MLflow only when they run
 from unitune.errors import UserError, mask_uri
 from unitune.search import command as search_command  # imports Ray/Optuna only when it runs
+from unitune.study import command as study_command  # imports Ray/Optuna only when it runs
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -125,6 +126,10 @@ COMMANDS: list[Command] = [
     Command("train", "train one job (Ray Train) and log it to MLflow", add_job_arguments, run_train),
     Command("search", "search the loss's hyperparameters (Ray Tune, Optuna, ASHA; MLflow per trial)",
             search_command.add_arguments, search_command.run),
+    Command("study", "compare loss families: one search each, the bests over seeds, intervals (MLflow study run)",
+            study_command.add_arguments, study_command.run),
+    Command("eval", "measure a model (saved, a run's, or the job's before training) without training",
+            evaluate.add_arguments, evaluate.run),
     Command("export", "write the best trial of a search as a job file for `unitune train`",
             export.add_arguments, export.run),
     Command("submit", "run a search on a Ray cluster (Ray Jobs API)", submit.add_submit_arguments,

@@ -1,0 +1,93 @@
+"""``unitune eval JOB [--model PATH | --run RUN_ID] [--split test] [overrides]``: measure a
+model without training.
+
+Which model: ``--model PATH`` (a directory written by ``save_model``, e.g. a downloaded
+``model`` artifact), ``--run RUN_ID`` (the ``model`` artifact of a ``unitune train`` run in
+the job's MLflow store), or neither: the job's model as built before training (the
+pretrained towers with fresh projections: the zero-shot point, epoch 0 of every curve).
+Prints R@1/5/10 in both directions, RSUM, median and mean rank of the split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+
+from unitune.errors import UserError
+
+SPLITS = ("train", "val", "test")
+ROWS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum",
+        "medr_i2t", "meanr_i2t", "medr_t2i", "meanr_t2i")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", metavar="JOB", help="job file: its data, model and tracking store")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="PATH", help="saved model directory (model.json, model.pt)")
+    which.add_argument("--run", dest="run_id", metavar="RUN_ID", help="MLflow run whose `model` artifact to measure")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split to measure (default: test)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override job keys")
+
+
+def load_for_eval(job, model_path: str | None = None, run_id: str | None = None):
+    """The model to measure (see the module docstring).
+
+    Raises:
+        UserError: no saved model at ``model_path``; ``run_id`` unknown or without a model.
+    """
+    from unitune.models import build_model, load_model
+
+    if model_path is not None:
+        return load_model(model_path)
+    if run_id is not None:
+        from mlflow.exceptions import MlflowException
+
+        from unitune.tracking import Tracker
+
+        tracker = Tracker(job.tracking.uri)
+        tracker.check()
+        with tempfile.TemporaryDirectory(prefix="unitune-eval-") as tmp:
+            try:
+                local = tracker.client.download_artifacts(run_id, "model", tmp)
+            except (MlflowException, OSError) as exc:
+                raise UserError(f"--run {run_id}: no `model` artifact in {tracker.uri} "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            return load_model(local)
+    from unitune.data import build_dataset
+
+    captions = build_dataset(job.data, "train", train=False).captions  # the tiny model's vocabulary
+    return build_model(job.model, captions=captions)
+
+
+def measure(job, model, split: str = "test") -> dict:
+    """Retrieval metrics of ``model`` on the job's ``split`` (``unitune.train.loop.evaluate``)."""
+    import torch
+
+    from unitune.data import build_dataset
+    from unitune.train.loop import evaluate
+
+    device = torch.device("cuda" if job.resources.use_gpu and torch.cuda.is_available() else "cpu")
+    dataset = build_dataset(job.data, split, transform=model.image_transform(train=False), train=False)
+    return evaluate(model.to(device), dataset, batch_size=job.train.eval_batch_size, device=device,
+                    precision=job.train.precision)
+
+
+def format_metrics(metrics: dict, split: str) -> str:
+    def cell(v):
+        return f"{v:.2f}" if math.isfinite(v) else str(v)
+
+    return "\n".join([f"{'metric':<10} {split:>9}",
+                      *(f"{k:<10} {cell(metrics[k]):>9}" for k in ROWS if k in metrics)])
+
+
+def run(args: argparse.Namespace) -> int:
+    from unitune.config import load_job, require_inputs
+
+    job = load_job(args.job, args.overrides)
+    require_inputs(job)
+    model = load_for_eval(job, args.model, args.run_id)
+    what = args.model or (f"run {args.run_id}" if args.run_id else "the job's model before training")
+    print(f"{what} on the {args.split} split of {job.source}:")
+    print(format_metrics(measure(job, model, args.split), args.split))
+    return 0
