@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from unitune.locks import file_lock
 from unitune.errors import UserError, mask_uri
 from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
 
@@ -76,6 +77,16 @@ def is_remote_ray_address(address: str | None) -> bool:
     return host not in _LOCAL_HOSTS
 
 
+def sqlite_lock(url: str) -> Path | None:
+    """The lock file that serialises creating the sqlite database ``url`` (MLflow's and
+    Optuna's migrations race when two processes create one store), or None (not sqlite, or
+    a directory this process cannot write: opening the store then reports that)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    db = Path(url[len("sqlite:///"):])
+    return db.with_name(db.name + ".lock") if db.parent.is_dir() and os.access(db.parent, os.W_OK) else None
+
+
 class Tracker:
     """MLflow tracking store of one search or training run.
 
@@ -97,7 +108,16 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.uri)
+            lock = sqlite_lock(self.uri)
+            if lock is None:
+                self._client = MlflowClient(tracking_uri=self.uri)
+            else:
+                # A fresh sqlite store is created (migrated) by its first user; two processes
+                # doing it at once fail ("table ... already exists"): one at a time.
+                with file_lock(lock):
+                    client = MlflowClient(tracking_uri=self.uri)
+                    client.search_experiments(max_results=1)
+                self._client = client
         return self._client
 
     def __getstate__(self) -> dict:

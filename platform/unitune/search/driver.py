@@ -42,7 +42,7 @@ from unitune.search.record import Recorder
 from unitune.search.report import summarize, write_artifacts
 from unitune.search.space import distribution, make_searcher
 from unitune.search.trial import BASE_JOB_ARTIFACT, TrialSetup, run_trial, trial_resources
-from unitune.tracking import Tracker
+from unitune.tracking import Tracker, sqlite_lock
 
 TUNE_DIR = ".unitune/tune"   # Tune experiment state, relative to the working directory
 MAX_SEARCHES = 10_000        # ids tried per job and space
@@ -83,32 +83,14 @@ def optuna_storage_url(tracking_uri: str) -> str:
     return "sqlite:///" + str(Path.cwd() / "optuna.db")
 
 
-def _sqlite_lock(url: str) -> Path | None:
-    """The lock file serialising creation of a sqlite database (its migrations race)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    db = Path(url[len("sqlite:///"):])
-    return db.with_name(db.name + ".lock") if db.parent.is_dir() and os.access(db.parent, os.W_OK) else None
-
-
 def open_storage(tracker: Tracker) -> optuna.storages.RDBStorage:
     """The Optuna storage of a store's searches (created once, under a lock)."""
     url = optuna_storage_url(tracker.uri)
-    lock = _sqlite_lock(url)
+    lock = sqlite_lock(url)
     if lock is None:
         return optuna.storages.RDBStorage(url)
     with file_lock(lock):
         return optuna.storages.RDBStorage(url)
-
-
-def check_store(tracker: Tracker, address: str | None) -> None:
-    """``Tracker.check`` under the store's creation lock (two searches on a fresh store)."""
-    lock = _sqlite_lock(tracker.uri)
-    if lock is None:
-        tracker.check(address)
-        return
-    with file_lock(lock):
-        tracker.check(address)
 
 
 def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
@@ -233,7 +215,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
 
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-    check_store(tracker, address)
+    tracker.check(address)
     experiment = job.experiment
     base = search_job(job, space)
     key = search_key(job, space)
