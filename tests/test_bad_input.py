@@ -534,3 +534,48 @@ def test_bad_video_is_one_line_on_the_real_stderr(tmp_path):
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("unitune: error: ") and "junk.mp4: cannot open video" in lines[0], done.stderr
     RESULTS.append(("corrupt video, console command (subprocess, with imports)", lines[0], seconds))
+
+
+def test_existing_experiment_with_unwritable_artifacts(tmp_path, earlier_store):
+    """An experiment keeps the artifact location it was made with: that one is probed too."""
+    import sqlite3
+
+    from unitune.errors import UserError
+    from unitune.tracking import Tracker
+
+    store = tmp_path / "mlruns.db"
+    shutil.copy(earlier_store, store)
+    (tmp_path / "moved").write_text("a file where the artifacts were")
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE name = 'bad'", (f"file://{tmp_path}/moved/art",))
+    before = digest(store)
+    tracker = Tracker(f"sqlite:///{store}", str(tmp_path / "fine"))
+    tracker.check(None)  # the job's own location is fine
+    with pytest.raises(UserError, match=r"artifact location of experiment 'bad': .*moved, which is a file"):
+        tracker.check(None, "bad")
+    assert digest(store) == before
+
+
+def test_store_check_leaves_mlflow_retry_settings_as_they_were(monkeypatch):
+    import os
+
+    from unitune.errors import UserError
+    from unitune.tracking import Tracker
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    with pytest.raises(UserError):
+        Tracker(f"http://127.0.0.1:{closed_port()}").check()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_run_url_is_masked():
+    from unittest.mock import MagicMock
+
+    from unitune.tracking import Tracker
+
+    tracker = Tracker("http://alice:s3cr3t@mlflow.example.com:5000")
+    tracker._client = MagicMock()
+    tracker._client.get_run.return_value.info.experiment_id = "3"
+    assert tracker.run_url("abc") == "http://alice:***@mlflow.example.com:5000/#/experiments/3/runs/abc"

@@ -351,3 +351,122 @@ def test_space_mode_defaults_to_the_metric_direction(tmp_path):
     assert space.mode == "min" and space.asha.max_epochs is None
     space = load_space(write(tmp_path, "metric: rsum\n", "s.yaml"), load_job(DEMO))
     assert space.mode == "max" and space.asha.max_epochs == 6
+
+
+# --- issue 10: finite values, bounds, a bounded loader, masked credentials -------------------
+
+@pytest.mark.parametrize("text, key, reason", [
+    ("name: a\nloss: {gamma: .inf}\n", "loss.gamma", "must be a finite number"),
+    ("name: a\nloss: {max_gamma: .nan}\n", "loss.max_gamma", "must be a finite number"),
+    ("name: a\noptim: {grad_clip: .inf}\n", "optim.grad_clip", "must be a finite number"),
+    ("name: a\nresources: {cpu_per_worker: .inf}\n", "resources.cpu_per_worker", "must be a finite number"),
+    ("name: a\nmodel: {name: two_tower, image_encoder: x, text_encoder: y, image_size: 8}\n", "model.image_size", "must be >= 16"),
+    ("name: a\nmodel: {name: clip, checkpoint: c, preset: whatever}\n", None, None),  # presets are tiny's only
+    ("name: a\nresources: {num_workers: 100000}\n", "resources.num_workers", "must be <= 4096"),
+    ("name: a\ntrain: {epochs: 10000000}\n", "train.epochs", "must be <= 100000"),
+    ("name: a\ndata: {synthetic: {captions_per_item: 1000}}\n", "data.synthetic.captions_per_item", "must be <= 100"),
+    (f"name: {'n' * 200}\n", "name", "must be at most 128 characters"),
+])
+def test_finite_and_bounded_values(tmp_path, text, key, reason):
+    path = write(tmp_path, text)
+    if key is None:
+        load_job(path)
+        return
+    with pytest.raises(UserError) as info:
+        load_job(path)
+    line = first_line_error(info)
+    assert line.startswith(f"{path}: {key}: ") and reason in line, line
+    assert len(line) < 300
+
+
+def test_space_target_and_reduction_factor_must_be_finite(tmp_path):
+    for text, key in [("target: .nan\n", "target"), ("asha: {reduction_factor: .inf}\n", "asha.reduction_factor")]:
+        path = write(tmp_path, text, "space.yaml")
+        with pytest.raises(UserError, match=rf"space\.yaml: {re.escape(key)}: must be a finite number"):
+            load_space(path)
+
+
+def test_cache_dir_that_is_a_file(tmp_path):
+    (tmp_path / "cache").write_text("x")
+    path = write(tmp_path, f"name: a\ndata: {{synthetic: {{cache_dir: {tmp_path}/cache}}}}\n")
+    with pytest.raises(UserError, match=r"data\.synthetic\.cache_dir: .*/cache is a file, not a folder"):
+        load_job(path)
+
+
+def test_preflight_modes_from_yaml(tmp_path):
+    for given, mode in [("off", "off"), ("false", "off"), ("sample", "sample"), ("full", "full")]:
+        assert load_job(write(tmp_path, f"name: a\ndata: {{preflight: {given}}}\n")).data.preflight == mode
+    assert load_job(write(tmp_path, "name: a\n")).data.preflight == "full"
+
+
+def test_env_expansion_is_one_level(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNITUNE_OUTER", "${UNITUNE_INNER}/x")
+    monkeypatch.setenv("UNITUNE_INNER", "expanded")
+    job = load_job(write(tmp_path, "name: a\nmodel: {name: clip, checkpoint: '${UNITUNE_OUTER}'}\n"))
+    assert job.model.checkpoint == "${UNITUNE_INNER}/x"  # a value is inserted as is
+
+
+def test_yaml_aliases_within_the_bound_load(tmp_path):
+    text = "name: a\nx-defaults: &d {margin: 0.3, gamma: 10.0}\n"
+    with pytest.raises(UserError, match="x-defaults: unknown key"):  # the anchor holder is not a key
+        load_job(write(tmp_path, text))
+    job = load_job(write(tmp_path, "name: a\nloss: &d {margin: 0.3, gamma: 10.0}\n"))
+    assert job.loss.margin == 0.3
+
+
+def test_bounds_of_the_loader_are_documented():
+    from unitune.config import loading
+
+    doc = loading.__doc__
+    assert "1 MiB" in doc and loading.MAX_FILE_BYTES == 2**20
+    assert "MAX_VALUES" in doc and "MAX_STRING_CHARS" in doc
+
+
+def test_long_value_is_not_echoed(tmp_path, capsys):
+    from unitune.cli import main
+
+    path = write(tmp_path, f"name: a\nmodel: {{preset: {'p' * 3000}}}\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and len(err) < 300 and "(3002 characters)" in err  # the repr, quotes included
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("http://alice:s3cr3t@127.0.0.1:9", "http://alice:***@127.0.0.1:9"),
+    ("https://tok3n@mlflow.example.com/x", "https://***@mlflow.example.com/x"),
+    ("postgresql://u:p4ss@db:5432/mlflow", "postgresql://u:***@db:5432/mlflow"),
+    ("https://h/x?token=abc&run=1", "https://h/x?token=***&run=1"),
+    ("sqlite:////tmp/mlruns.db", "sqlite:////tmp/mlruns.db"),
+    ("file:///tmp/a@b/c", "file:///tmp/a@b/c"),
+    ("two: http://a:b@h and s3://k:s@bucket/p", "two: http://a:***@h and s3://k:***@bucket/p"),
+])
+def test_redact_masks_credentials(text, shown):
+    from unitune.errors import UserError as Error, mask_uri, redact
+
+    assert redact(text) == shown and redact(shown) == shown and mask_uri(text) == shown
+    assert str(Error(f"cannot open {text}")) == f"cannot open {shown}"
+
+
+def test_validate_prints_the_store_masked(tmp_path, capsys):
+    from unitune.cli import main
+
+    path = write(tmp_path, "name: a\ntracking: {uri: 'http://alice:s3cr3t@127.0.0.1:9'}\n")
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "tracking:  http://alice:***@127.0.0.1:9" in out and "s3cr3t" not in out + err
+
+
+def test_space_warnings_empty_space_and_absurd_trials(tmp_path, capsys):
+    from unitune.cli import main
+    from unitune.config import space_warnings
+
+    space = write(tmp_path, "metric: rsum\nnum_trials: 1000000000\nparams: {}\n", "space.yaml")
+    job = write(tmp_path, f"name: a\nsearch: {{space: {space}}}\n")
+    warnings = space_warnings(load_space(space))
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"{space}: params: empty; all 1000000000 trials would train the same")
+    assert warnings[1].startswith(f"{space}: num_trials: 1000000000 trials is more than 10000")
+    assert space_warnings(load_space(write(tmp_path, "params: {}\nnum_trials: 1\n", "one.yaml"))) == []
+    assert main(["validate", str(job)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("unitune: warning: ") == 2 and "params: empty" in err

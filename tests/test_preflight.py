@@ -112,6 +112,7 @@ def test_off_checks_nothing(tmp_path):
 
 def test_progress_line_for_large_splits(tmp_path, monkeypatch):
     monkeypatch.setattr(pf, "PROGRESS_MIN", 4)
+    monkeypatch.setattr(pf, "PROGRESS_EVERY_S", 0.0)
     err = io.StringIO()
     pf.preflight(job_with(tmp_path, good_rows(tmp_path, n_train=4)), err=err)
     assert "unitune: preflight: train split: 4/4 images decoded" in err.getvalue()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unitune import __version__, evaluate, export, submit, ui  # these import Ray/MLflow only when they run
-from unitune.errors import UserError, mask_uri
+from unitune.errors import UserError, mask_uri, shorten
 from unitune.search import command as search_command  # imports Ray/Optuna only when it runs
 from unitune.study import command as study_command  # imports Ray/Optuna only when it runs
 
@@ -59,14 +59,20 @@ def load_space_for(job):
 
 def run_validate(args: argparse.Namespace) -> int:
     """Check a job (and its search space) without running anything; print a summary."""
-    from unitune.config import missing_inputs
+    from unitune.config import missing_inputs, space_warnings
+    from unitune.preflight import preflight
 
     job = load_job_from_args(args)
     space = load_space_for(job)
     for line in summarize(job, space):
-        print(line)
-    for problem in missing_inputs(job):
+        print(shorten(line, 300))
+    problems = missing_inputs(job)
+    for problem in problems:
         print(f"unitune: warning: {job.source}: {problem} (needed to run this job)", file=sys.stderr)
+    for warning in space_warnings(space) if space is not None else []:
+        print(f"unitune: warning: {warning}", file=sys.stderr)
+    if not problems:
+        preflight(job)  # the data too, where it is on this machine: what train and search check first
     print("OK")
     return 0
 

@@ -30,10 +30,10 @@ from typing import TextIO
 from PIL import Image
 
 from unitune.config import JobSpec
-from unitune.data import read_entries, split_names
-from unitune.data.base import Entry, Screen, screen_files
-from unitune.data.video import probe_video
 from unitune.errors import UserError
+
+# The data layer (torch, decord) is imported by the functions that read data, so that
+# `unitune validate` of a synthetic job stays light.
 
 SAMPLE_SIZE = 256      # media files decoded per split under data.preflight: sample
 PROGRESS_MIN = 1000    # splits with at least this many files print progress
@@ -79,6 +79,8 @@ def check_image(path: str) -> None:
 
 def check_video(path: str) -> None:
     """Open a video and decode its first and last frame. Raises UserError naming the file."""
+    from unitune.data.video import probe_video
+
     try:
         probe_video(path)
     except UserError:
@@ -124,6 +126,9 @@ def preflight(job: JobSpec, splits: tuple[str, ...] = ("train", "val", "test"), 
 
 def check_split(job: JobSpec, role: str, err: TextIO) -> SplitCheck:
     """Parse one split role with the data layer and check its media (see ``preflight``)."""
+    from unitune.data import read_entries, split_names
+    from unitune.data.base import Screen, screen_files
+
     data = job.data
     screen = Screen(data.on_bad_sample)
     names, key = split_names(data, role)
@@ -142,14 +147,15 @@ def check_split(job: JobSpec, role: str, err: TextIO) -> SplitCheck:
     return SplitCheck(role, source, len(kept), sum(len(e.captions) for e in kept), screen.skipped, len(chosen))
 
 
-def decode_all(entries: list[Entry], modality: str, screen: Screen, *, label: str, err: TextIO) -> set[int]:
-    """Decode every entry's media in a thread pool; ``screen`` gets each failure in file order
+def decode_all(entries: list, modality: str, screen, *, label: str, err: TextIO) -> set[int]:
+    """Decode every ``unitune.data.base.Entry``'s media in a thread pool; ``screen``
+    (a ``unitune.data.base.Screen``) gets each failure in file order
     (under ``error`` the first one raises and the rest are cancelled). Returns the ``id()`` of
     the entries that failed."""
     check = check_video if modality == "video" else check_image
     total = len(entries)
 
-    def problem(entry: Entry) -> str | None:
+    def problem(entry) -> str | None:
         try:
             check(entry.path)
         except UserError as exc:
@@ -157,7 +163,7 @@ def decode_all(entries: list[Entry], modality: str, screen: Screen, *, label: st
         return None
 
     bad: set[int] = set()
-    last = time.monotonic()
+    last, shown = time.monotonic(), False
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="preflight")
     quiet = quiet_native_stderr(err) if modality == "video" else contextlib.nullcontext(err)
     try:
@@ -168,8 +174,9 @@ def decode_all(entries: list[Entry], modality: str, screen: Screen, *, label: st
                 if message is not None:
                     screen.reject(message)  # raises under on_bad_sample: error
                     bad.add(id(entry))
-                if total >= PROGRESS_MIN and (time.monotonic() - last >= PROGRESS_EVERY_S or done == total):
-                    last = time.monotonic()
+                # A split that takes a while shows its progress (and then its end).
+                if total >= PROGRESS_MIN and (time.monotonic() - last >= PROGRESS_EVERY_S or (shown and done == total)):
+                    last, shown = time.monotonic(), True
                     print(f"unitune: preflight: {label}: {done}/{total} {modality}s decoded", file=err, flush=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

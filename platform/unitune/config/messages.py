@@ -21,6 +21,7 @@ REASONS = {
     "less_than_equal": "must be <= {le}",
     "literal_error": "must be one of {expected}",
     "string_too_short": "must not be empty",
+    "string_too_long": "must be at most {max_length} characters",
     "model_type": "must be a mapping of keys",
     "model_attributes_type": "must be a mapping of keys",
     "dict_type": "must be a mapping",
