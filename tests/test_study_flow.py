@@ -1,0 +1,139 @@
+"""The study's bookkeeping in seconds: the searches and the final runs are replaced by
+stand-ins that write the MLflow records the real ones write (tests/test_study.py runs the
+real ones, slow tier), so that the tags, the resume and the report's numbers are checked
+against values set by hand here."""
+
+import csv
+import io
+import math
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from unitune.cli import main
+from unitune.config import apply_overrides
+from unitune.tracking import Tracker
+from test_study import write_job
+
+# test RSUM of each final run, by hand: uni 200 + 4·seed; vlc 203 + 5·seed
+TEST_RSUM = {("uni", 0): 200.0, ("uni", 1): 204.0, ("vlc", 0): 203.0, ("vlc", 1): 208.0}
+TRIAL_BEST = {"t0": 90.0, "t1": 120.0}   # t1 is each search's best trial
+
+
+class Fakes:
+    def __init__(self, interrupt_at=None):
+        self.searches, self.trains, self.interrupt_at = [], [], interrupt_at
+
+    def search(self, job, space, **kw):
+        self.searches.append((space.source.stem, kw.get("resume", False)))
+        tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
+        search_id = f"{job.name}-{space.source.stem}-{len(self.searches)}"
+        parent = tracker.start_run(job.experiment, search_id, tags={
+            "unitune.search_id": search_id, "unitune.role": "search", "unitune.state": "running"})
+        tracker.log_params(parent, {"metric": space.metric, "mode": space.mode})
+        base = apply_overrides(job, {**space.fixed, "train.epochs": 2})
+        tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json")), "search_job.yaml")
+        for trial, best in TRIAL_BEST.items():
+            run = tracker.start_run(job.experiment, f"{search_id}-{trial}", parent_run_id=parent, tags={
+                "unitune.search_id": search_id, "unitune.trial_id": trial, "unitune.role": "trial",
+                "unitune.state": "completed", "unitune.epochs_run": 2})
+            tracker.log_params(run, {"optim.lr": 0.002 if trial == "t1" else 0.001})
+            for epoch, value in enumerate([10.0, best / 2, best]):
+                tracker.log_metrics(run, {"rsum": value}, step=epoch)
+            tracker.end_run(run)
+        tracker.set_tags(parent, {"unitune.state": "completed"})
+        tracker.end_run(parent)
+        return SimpleNamespace(parent_run_id=parent, search_id=search_id)
+
+    def train(self, job):
+        self.trains.append(job)
+        if len(self.trains) == self.interrupt_at:
+            raise KeyboardInterrupt
+        family, seed = job.name.split("-")[1], job.seed
+        tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
+        run = tracker.start_run(job.experiment, f"train-{job.name}", tags={
+            "unitune.kind": "train", "unitune.source_run": job.tracking.source_run})
+        tracker.log_params(run, {"seed": job.seed})
+        final = TEST_RSUM[(family, seed)]
+        for epoch in range(job.train.epochs + 1):
+            tracker.log_metrics(run, {"rsum": final * epoch / job.train.epochs, "train_time_s": 3.0 * epoch},
+                                step=epoch)
+        tracker.log_metrics(run, {"test_rsum": final, **{f"test_r{k}_{d}": final / 6 for k in (1, 5, 10)
+                                                        for d in ("i2t", "t2i")}}, step=job.train.epochs)
+        tracker.end_run(run)
+        return {"run_id": run}
+
+
+@pytest.fixture
+def flow(tmp_path, monkeypatch):
+    import unitune.study.runner as runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner.cluster, "init_ray", lambda address, **kw: False)
+    fakes = Fakes(interrupt_at=3)
+    monkeypatch.setattr(runner, "run_search", fakes.search)
+    monkeypatch.setattr(runner, "train", fakes.train)
+    job = write_job(tmp_path, final_epochs=3)
+    return fakes, job, Tracker(f"sqlite:///{tmp_path}/mlruns.db")
+
+
+def _runs(tracker, **tags):
+    filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return list(tracker.client.search_runs([tracker.experiment_id("st")], filter_string=filt, max_results=100))
+
+
+def test_interrupted_study_resumes_without_rerunning_and_reports(flow, capsys):
+    fakes, job, tracker = flow
+    assert main(["study", job, "--quiet"]) == 130
+    [study] = _runs(tracker, **{"unitune.role": "study"})
+    assert study.info.status == "KILLED" and study.data.tags["unitune.state"] == "interrupted"
+    assert fakes.searches == [("uni", False), ("vlc", False)]
+    assert [j.name for j in fakes.trains] == ["st-uni-seed0", "st-uni-seed1", "st-vlc-seed0"]
+
+    fakes.interrupt_at = None
+    assert main(["study", job, "--quiet", "--resume"]) == 0
+    assert fakes.searches == [("uni", False), ("vlc", False)]           # both searches were done
+    assert [j.name for j in fakes.trains[3:]] == ["st-vlc-seed0", "st-vlc-seed1"]
+    [study] = _runs(tracker, **{"unitune.role": "study"})
+    study_id, run_id = study.data.tags["unitune.study_id"], study.info.run_id
+    assert study.info.status == "FINISHED"
+
+    # the final jobs: the best trial (t1) exported, seed s, the study's final epochs
+    trials = {r.data.tags["unitune.search_id"]: r.info.run_id for r in _runs(tracker, **{"unitune.trial_id": "t1"})}
+    for j in fakes.trains:
+        assert j.train.epochs == 3 and j.optim.lr == 0.002 and j.seed == int(j.name[-1])
+        assert j.tracking.source_run in trials.values() and j.experiment == "st"
+    finals = _runs(tracker, **{"unitune.role": "final", "unitune.study_id": study_id})
+    assert sorted((r.data.tags["unitune.family"], r.data.tags["unitune.seed"]) for r in finals) == [
+        ("uni", "0"), ("uni", "1"), ("vlc", "0"), ("vlc", "1")]
+    searches = _runs(tracker, **{"unitune.role": "search", "unitune.study_id": study_id})
+    assert sorted(r.data.tags["unitune.family"] for r in searches) == ["uni", "vlc"]
+
+    # the report, against the numbers set above: diffs 3 and 4 -> mean 3.5, std 0.7071,
+    # t(0.975, 1) = 12.7062 -> 3.5 ± 6.353
+    rows = list(csv.DictReader(io.StringIO(tracker.read_text(run_id, "study.csv"))))
+    assert [r["family"] for r in rows] == ["uni", "vlc"]
+    assert float(rows[0]["test_mean"]) == 202.0 and float(rows[1]["test_mean"]) == 205.5
+    assert float(rows[0]["search_best_val"]) == 120.0 and rows[0]["search_trial_epochs"] == "4"
+    half = math.tan(0.475 * math.pi) * math.sqrt(0.5) / math.sqrt(2)
+    assert float(rows[1]["diff_mean"]) == pytest.approx(3.5)
+    assert float(rows[1]["diff_ci_low"]) == pytest.approx(3.5 - half)
+    md = tracker.read_text(run_id, "study.md")
+    assert "vlc \u2212 uni: +3.5 RSUM, 95% CI \u22122.9 to +9.9 over 2 seeds: not resolved" in md
+    assert "| vlc **(best)** |" in md
+    # convergence of the final runs: target 40 reached at epoch 1 (rsum 200/3 > 40) by every run
+    assert rows[0]["reached_target"] == "2" and float(rows[0]["epochs_to_target"]) == 1.0
+    assert float(rows[0]["normalized_auc"]) == pytest.approx((200 / 3 + 400 / 3 + 200 + 204 / 3 + 408 / 3 + 204)
+                                                             / 2 / (3 * 600))
+    assert {f.path for f in tracker.client.list_artifacts(run_id, "plots")} == {"plots/curves.png",
+                                                                                "plots/test.png"}
+    assert tracker.get_metrics(run_id)["vlc.test_rsum_minus_uni"] == pytest.approx(3.5)
+    assert study.data.tags["unitune.best_family"] == "vlc"
+
+
+def test_resume_with_nothing_to_resume_is_refused(flow, capsys):
+    _, job, _ = flow
+    assert main(["study", job, "--quiet", "--resume"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unitune: error")]
+    assert len(errors) == 1 and "--resume: no interrupted study" in errors[0]
