@@ -63,6 +63,9 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", metavar="CMD",
                         help="the cluster's Python that has unitune installed (default: this "
                              "Python for a cluster on this machine, else `python`)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the newest interrupted search of this job and space (needs "
+                             "search.storage that outlives the job, unless the cluster runs on this machine)")
     parser.add_argument("--allow-local-store", action="store_true",
                         help="submit to a remote cluster although tracking.uri is a local sqlite/file "
                              "store (only when the cluster sees the same path, e.g. a shared disk)")
@@ -89,7 +92,8 @@ def run_submit(args: argparse.Namespace) -> int:
         raise UserError(f"{args.job}: search.space: not set; pass --space FILE")
     address = resolve_address(args.address)
     submission = plan_submission(job, Path(args.job), args.overrides, address=address,
-                                 python=args.python, allow_local_store=args.allow_local_store)
+                                 python=args.python, allow_local_store=args.allow_local_store,
+                                 resume=args.resume)
     client = connect(address)
     try:
         job_id = client.submit_job(entrypoint=submission.entrypoint,
@@ -235,7 +239,8 @@ def connect(address: str):
 
 
 def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
-                    python: str | None = None, allow_local_store: bool = False) -> Submission:
+                    python: str | None = None, allow_local_store: bool = False,
+                    resume: bool = False) -> Submission:
     """The entrypoint and runtime environment that run ``unitune search`` on the cluster.
 
     ``job``: the validated ``JobSpec`` of ``job_file`` with ``overrides`` applied.
@@ -244,8 +249,13 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
     common directory. Local stores are passed as absolute paths, so a search on a cluster
     on this machine logs into this directory's store, not a copy inside Ray's session.
 
+    Ray Tune's state must outlive the job for ``--resume``: ``search.storage`` (a shared
+    path or a URI such as ``s3://``), or, for a cluster on this machine, ``.unitune/tune``
+    of this directory (passed as an absolute path, like local stores).
+
     Raises:
-        UserError: a local MLflow store with a remote cluster (unless ``allow_local_store``).
+        UserError: a local MLflow store with a remote cluster (unless ``allow_local_store``);
+            ``resume`` of a search on a remote cluster without ``search.storage``.
     """
     from unitune.config import is_local_store, is_remote_address
 
@@ -266,12 +276,26 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
         location = job.tracking.artifact_location
         if location is not None and "://" not in location:
             job_overrides.append(f"tracking.artifact_location={Path(location).resolve()}")
+    if job.search.storage is None:
+        if remote and resume:
+            raise UserError(f"{job_file}: search.storage: not set, so the interrupted search's Ray Tune "
+                            f"state stayed in the job's temporary directory on {address}; set "
+                            "search.storage to a path on the cluster's shared filesystem or a URI Ray "
+                            "Tune accepts (s3://bucket/unitune, gs://...) for searches to be resumable")
+        if not remote:   # the cluster shares this machine's disk: keep the state here
+            from unitune.search.storage import DEFAULT_TUNE_DIR
+
+            job_overrides.append(f"search.storage={(Path.cwd() / DEFAULT_TUNE_DIR).resolve()}")
     if python is None:
         python = "python" if remote else sys.executable
     argv = [*shlex.split(python), "-m", "unitune", "search", str(job_file.relative_to(working_dir)),
-            "--space", str(space_file.relative_to(working_dir)), *overrides, *job_overrides]
+            "--space", str(space_file.relative_to(working_dir)), *overrides, *job_overrides,
+            *(["--resume"] if resume else [])]
     env = forwarded_env([job_file, space_file])
     env["PYTHONUNBUFFERED"] = "1"  # logs reach `unitune logs --follow` as they are written
+    # `unitune stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3):
+    # time for the search to close its record and save Tune's state.
+    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "60")
     runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
     return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
                       metadata={"unitune_job": job.name, "unitune_job_file": job_file.name})

@@ -7,6 +7,7 @@ imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -42,14 +43,15 @@ def run(args: argparse.Namespace) -> int:
     from unitune.search.driver import run_search
     from unitune.search.report import format_summary
 
+    space_arg = ["--space", args.space] if args.space else []
+    again = "unitune search " + shlex.join([args.job, *space_arg, *args.overrides, "--resume"])
     result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
-                        verbose=not args.quiet, resume=args.resume)
+                        verbose=not args.quiet, resume=args.resume, resume_hint=again)
     print(redact(format_summary(result.summary, job.tracking.uri, args.job)))
     if result.interrupted:
-        space = ["--space", args.space] if args.space else []
-        again = " ".join(["unitune search", args.job, *space, *args.overrides, "--resume"])
-        print(f"interrupted: resume with  {again}", file=sys.stderr)
-        return result.signal + 128 if result.signal else 130
+        if result.signal is None:
+            print(f"interrupted: resume with  {again}", file=sys.stderr)
+        return 128 + result.signal if result.signal else 130
     trials = result.summary["trials"]
     errors = {t["error"] for t in trials if t["state"] == "failed"}
     if trials and all(t["state"] == "failed" for t in trials) and len(errors) == 1:

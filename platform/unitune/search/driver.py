@@ -41,10 +41,10 @@ from unitune.search.live import DriverCallback
 from unitune.search.record import Recorder
 from unitune.search.report import summarize, write_artifacts
 from unitune.search.space import distribution, make_searcher
+from unitune.search.storage import check_tune_storage, tune_storage
 from unitune.search.trial import BASE_JOB_ARTIFACT, TrialSetup, run_trial, trial_resources
 from unitune.tracking import Tracker, sqlite_lock
 
-TUNE_DIR = ".unitune/tune"   # Tune experiment state, relative to the working directory
 MAX_SEARCHES = 10_000        # ids tried per job and space
 
 
@@ -63,8 +63,10 @@ class SearchResult:
 
 
 def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
-    """8 hex digits identifying what is searched (the job and the space, not the file names)."""
-    payload = json.dumps([job.model_dump(mode="json"), space.model_dump(mode="json")], sort_keys=True)
+    """8 hex digits identifying what is searched: the job and the space, not the file names
+    nor where it runs and logs (``ray``, ``tracking``, ``search.storage``)."""
+    what = job.model_dump(mode="json", exclude={"ray": True, "tracking": True, "search": {"storage"}})
+    payload = json.dumps([what, space.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:8]
 
 
@@ -99,13 +101,6 @@ def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
     if space.asha is not None and space.asha.max_epochs is not None:
         overrides["train.epochs"] = space.asha.max_epochs
     return apply_overrides(job, overrides) if overrides else job
-
-
-def tune_storage(job: JobSpec) -> str:
-    """Where Tune keeps this job's search state: ``search.storage`` or ``.unitune/tune``."""
-    if job.search.storage and "://" in job.search.storage:
-        return job.search.storage
-    return str(Path(job.search.storage or TUNE_DIR).expanduser().resolve())
 
 
 def init_ray(address: str | None) -> None:
@@ -191,7 +186,8 @@ def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
 
 def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = None,
                warm_start_from: str | None = None, train_fn: Callable | None = None,
-               callbacks: list | None = None, verbose: bool = True, resume: bool = False) -> SearchResult:
+               callbacks: list | None = None, verbose: bool = True, resume: bool = False,
+               resume_hint: str | None = None) -> SearchResult:
     """Run (or resume) the search of ``space`` over ``job``; return its summary.
 
     Args:
@@ -202,6 +198,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         warm_start_from: a previous search id whose Optuna trials seed the sampler.
         train_fn: replaces ``unitune.train.run_training`` (tests).
         callbacks: more ``ray.tune.Callback``s (benchmarks); not used on resume.
+        resume_hint: the command that resumes this search, printed when a signal interrupts it.
 
     Returns:
         The summary; ``result.signal`` is set when SIGINT/SIGTERM interrupted the search
@@ -219,7 +216,8 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     experiment = job.experiment
     base = search_job(job, space)
     key = search_key(job, space)
-    storage_path = tune_storage(job)
+    check_tune_storage(job.search.storage)
+    storage_path = tune_storage(job.search.storage)
     found = find_unfinished(tracker, experiment, key) if resume else None
     if resume and found is None:
         raise UserError(f"--resume: no interrupted search of experiment {experiment!r} with this job "
@@ -259,7 +257,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         tracker.end_run(parent, "KILLED")
 
     state = "interrupted"
-    interrupt = Interrupt(mark_interrupted)
+    interrupt = Interrupt(mark_interrupted, resume_hint)
     try:
         with interrupt:
             trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))

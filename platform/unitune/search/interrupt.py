@@ -10,7 +10,10 @@ signal
    ``--resume`` continues from the last checkpoints).
 
 Further signals while closing are acknowledged and ignored, so a second Ctrl-C cannot cut
-the record short. The command exits 128 + the signal number (130, 143).
+the record short. The command exits 128 + the signal number (130, 143). If the stop takes
+longer than :data:`GRACE_S` (a SIGTERM sent to the whole process group also ends the local
+Ray, and Ray's client then waits a minute for it), the driver exits with that code anyway:
+the record was marked in step 1 and Tune's last saved state is what ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_S = 30.0
 
 
 class _DropRayAdvice(logging.Filter):
@@ -37,10 +42,12 @@ class Interrupt:
 
     Args:
         on_first: called once, from the handler, on the first signal (mark the record).
+        resume_hint: the command that continues the search, printed on the first signal.
     """
 
-    def __init__(self, on_first: Callable[[], None]):
+    def __init__(self, on_first: Callable[[], None], resume_hint: str | None = None):
         self.on_first = on_first
+        self.resume_hint = resume_hint
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
         self._filter = _DropRayAdvice()
@@ -61,6 +68,12 @@ class Interrupt:
             signal.signal(sig, handler)
         logging.getLogger("ray.tune.tune").removeFilter(self._filter)
 
+    def _deadline(self) -> None:
+        threading.Event().wait(GRACE_S)
+        print(f"unitune: Ray did not stop within {GRACE_S:.0f} s; exiting (the record is closed)",
+              file=sys.stderr, flush=True)
+        os._exit(self.exit_code)
+
     def _handle(self, signum: int, frame) -> None:
         if self.signal is not None:
             print("unitune: still closing the search record; it will be resumable", file=sys.stderr, flush=True)
@@ -73,6 +86,9 @@ class Interrupt:
             self.on_first()
         except Exception as exc:  # noqa: BLE001 - the final close at the driver's end retries
             print(f"unitune: could not mark the record yet: {exc}", file=sys.stderr, flush=True)
+        if self.resume_hint:
+            print(f"unitune: resume with  {self.resume_hint}", file=sys.stderr, flush=True)
+        threading.Thread(target=self._deadline, daemon=True, name="unitune-interrupt-deadline").start()
         if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
             signal.raise_signal(signal.SIGUSR1)   # Tune's graceful stop
         else:
