@@ -54,9 +54,12 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
                 raise UserError(f"--run {run_id}: no `model` artifact in {tracker.uri} "
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
             return load_model(local)
+    import torch
+
     from unitune.data import build_dataset
 
     captions = build_dataset(job.data, "train", train=False).captions  # the tiny model's vocabulary
+    torch.manual_seed(job.seed)  # as training seeds it: the same initial model as epoch 0 of `unitune train`
     return build_model(job.model, captions=captions)
 
 
