@@ -151,3 +151,53 @@ def test_bad_policy_and_missing_annotations(tmp_path):
     spec.annotations = str(tmp_path / "broken.jsonl")
     with pytest.raises(UserError, match=r"broken\.jsonl: line 1: invalid JSON"):
         build_dataset(spec, "train")
+
+
+def test_folder_for_an_image_and_caption_not_text(tmp_path):
+    (tmp_path / "folder.png").mkdir()
+    rows = good_rows(tmp_path) + [{"image": "folder.png", "caption": "x", "id": 9, "split": "train"}]
+    with pytest.raises(UserError, match=r"folder\.png: image is a folder, not a file \(listed at .*m\.jsonl: line 4\)"):
+        build_dataset(manifest(tmp_path, rows), "train")
+    rows = good_rows(tmp_path)
+    rows[0]["caption"] = 7
+    with pytest.raises(UserError, match=r"m\.jsonl: line 1: caption 0 is not text \(got int\)"):
+        build_dataset(manifest(tmp_path, rows), "train")
+
+
+def test_not_utf8_names_the_line(tmp_path):
+    spec = manifest(tmp_path, good_rows(tmp_path))
+    path = tmp_path / "m.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"good", b"g\xe9od")
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(UserError, match=r"m\.jsonl: line 2: not UTF-8 text \(byte 0xe9\)"):
+        build_dataset(spec, "train")
+    (tmp_path / "m.csv").write_bytes(b"image,caption,split\nok0.png,caf\xe9,train\n")
+    spec.annotations = str(tmp_path / "m.csv")
+    with pytest.raises(UserError, match=r"m\.csv: line 2: not UTF-8 text"):
+        build_dataset(spec, "train")
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    spec = manifest(tmp_path, good_rows(tmp_path))
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(build_dataset(spec, "train")) == 3
+
+
+def test_empty_manifest_and_karpathy_shapes(tmp_path):
+    spec = manifest(tmp_path, [])
+    with pytest.raises(UserError, match=r"m\.jsonl: the manifest has no rows"):
+        build_dataset(spec, "train")
+    (tmp_path / "k.json").write_text(json.dumps({"images": ["not an object"]}))
+    karpathy = SimpleNamespace(format="karpathy", modality="image", root=None, annotations=str(tmp_path / "k.json"),
+                               splits={"train": "train"}, num_frames=2, on_bad_sample="error", synthetic=None)
+    with pytest.raises(UserError, match=r"k\.json: images\[0\] is not a JSON object"):
+        build_dataset(karpathy, "train")
+    (tmp_path / "k.json").write_text(json.dumps({"images": [{"filename": "a.png", "imgid": 0, "split": "train",
+                                                             "sentences": "one caption"}]}))
+    with pytest.raises(UserError, match=r"k\.json: images\[0\]\.sentences must be a list"):
+        build_dataset(karpathy, "train")
+    (tmp_path / "k.json").write_text('{"images": [\n  {"filename": "a.png",,}\n]}')
+    with pytest.raises(UserError, match=r"k\.json: line 2: invalid JSON"):
+        build_dataset(karpathy, "train")

@@ -68,13 +68,14 @@ def load_karpathy(path: str, root: str | None, names: list[str], key: str, scree
     if not isinstance(images, list):
         raise UserError(f"{path}: expected a JSON object with an 'images' list (Karpathy format)")
     root = root if root is not None else os.path.dirname(path)
-    available = {image.get("split") for image in images if isinstance(image, dict)}
+    for i, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise UserError(f"{path}: images[{i}] is not a JSON object")
+    available = {image.get("split") for image in images}
     check_split_names(path, names, {s for s in available if isinstance(s, str)}, key)
     wanted = set(names)
     entries = []
     for i, image in enumerate(images):
-        if not isinstance(image, dict):
-            raise UserError(f"{path}: images[{i}] is not a JSON object")
         if image.get("split") not in wanted:
             continue
         for field in ("filename", "imgid", "sentences"):
