@@ -579,3 +579,19 @@ def test_run_url_is_masked():
     tracker._client = MagicMock()
     tracker._client.get_run.return_value.info.experiment_id = "3"
     assert tracker.run_url("abc") == "http://alice:***@mlflow.example.com:5000/#/experiments/3/runs/abc"
+
+
+def test_log_lines_are_masked(capsys):
+    import logging
+
+    import unitune.tracking  # noqa: F401 - installs the redaction of log records
+
+    handler = logging.StreamHandler()  # any handler, added at any time
+    logger = logging.getLogger("mlflow.store.some_module")
+    logger.addHandler(handler)
+    try:
+        logger.warning("retrying %s", "http://a:s3cr3t@h:5000")
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "retrying http://a:***@h:5000" in err and "s3cr3t" not in err

@@ -8,6 +8,7 @@ to a part of one line.
 
 from __future__ import annotations
 
+import logging
 import re
 
 # scheme://user:password@host or scheme://token@host: the credentials part.
@@ -45,6 +46,29 @@ def shorten(text: object, limit: int = 60) -> str:
     an ellipsis and its full length, on one line: no value is echoed longer than a line."""
     text = str(text).replace("\r", "\\r").replace("\n", "\\n")
     return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
+
+
+def redact_log_records() -> None:
+    """From now on every log record of this process (MLflow's, Ray's, urllib3's...) carries
+    its message with ``redact`` applied, whichever handler prints it. Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "unitune_redacts", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's to report
+            return record
+        if "@" in message or "=" in message:
+            masked = redact(message)
+            if masked != message:
+                record.msg, record.args = masked, ()
+        return record
+
+    factory.unitune_redacts = True
+    logging.setLogRecordFactory(factory)
 
 
 class UserError(ValueError):

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from unitune.locks import file_lock
-from unitune.errors import UserError, mask_uri
+from unitune.errors import UserError, mask_uri, redact_log_records
 from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -35,6 +35,7 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: that URI may hold a
 # password, and unitune prints its own (masked) run link.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+redact_log_records()  # MLflow's (and every) log line: credentials in a URI masked
 
 
 def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
