@@ -12,6 +12,7 @@ from unitune.cli import main
 from unitune.config import load_job
 from unitune.models import load_model
 from unitune.tracking import Tracker
+from unitune import cluster
 from unitune.train import run_training
 from unitune.train.worker import FAULT_EPOCH_ENV, FAULT_MARKER_ENV
 
@@ -20,10 +21,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    # One Ray for the module: `unitune train` reuses an initialised Ray and leaves it up.
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
+    # One private Ray for the module (whatever RAY_ADDRESS or Ray's temporary directory name):
+    # `unitune train` reuses an initialised Ray and leaves it up.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        assert cluster.init_ray(None)
+        yield
+        cluster.shutdown_ray()
 
 
 def overrides(tmp_path, epochs):

@@ -103,8 +103,9 @@ def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:
     return apply_overrides(job, overrides) if overrides else job
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to ``address`` or start a private local Ray (see ``unitune.cluster``).
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a private local Ray (see ``unitune.cluster``); True
+    when this call did (the search shuts it down at its end).
 
     Raises:
         UserError: the cluster cannot be reached (names the address).
@@ -114,7 +115,7 @@ def init_ray(address: str | None) -> None:
     # Every trial checkpoint forces a snapshot of the experiment state (num_to_keep=1): that
     # keeps a resume exact; Tune would warn about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    cluster.init_ray(address)
+    return cluster.init_ray(address)
 
 
 def _directions(space: SearchSpaceSpec) -> list[str]:
@@ -227,7 +228,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         if not tune.Tuner.can_restore(exp_dir):
             raise UserError(f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
                             "started in another directory, or on a cluster without search.storage)")
-    init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
+    started_ray = init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
     storage = open_storage(tracker)
     if found is None:
         search_id = allocate_search(tracker, storage, experiment, f"{job.name}-{space_name(space)}-{key}", space)
@@ -287,6 +288,8 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         finally:
             tracker.set_tags(parent, {T.STATE: state})
             tracker.end_run(parent, T.STATUS_OF_STATE[state])
+            if started_ray:
+                cluster.shutdown_ray()
     return SearchResult(search_id, parent, experiment, summary, found is not None, interrupt.signal)
 
 

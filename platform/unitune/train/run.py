@@ -29,7 +29,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from unitune.cluster import init_ray
+from unitune.cluster import init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri
 from unitune.tracking import Tracker
@@ -181,4 +181,4 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     finally:
         tracker.end_run(run_id, status)
         if started_ray:
-            ray.shutdown()
+            shutdown_ray()
