@@ -135,7 +135,9 @@ def _just_started(tracker, runs):
 
 
 def _mid_epoch(tracker, runs):
-    return finished(tracker, runs) and any(
+    """A trial has logged an epoch of training and has more to run (the first trial always
+    runs its whole budget: ASHA has nothing to compare it with)."""
+    return any(
         r.data.tags.get("unitune.state") == "running" and 1 <= max(steps(tracker, r.info.run_id, "epoch"), default=0) < EPOCHS
         for r in runs)
 
@@ -153,3 +155,34 @@ def test_sigkill_of_the_driver_at_several_moments_then_resume(tmp_path, moment):
     wait_for(tmp_path, proc, "first.log", moment)
     kill_session(proc)
     resume_and_count(tmp_path, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh-store", "existing-store"])
+def test_two_searches_started_together(tmp_path, fresh):
+    """Same job, same space, same directory, same moment: two search ids, their own Tune
+    directories and Optuna studies, 2 x num_trials child runs each under its own parent."""
+    write_job(tmp_path, epochs=2, num_trials=2)
+    if not fresh:   # a store with an earlier, finished search
+        assert start(tmp_path, "earlier.log").wait(timeout=600) == 0, (tmp_path / "earlier.log").read_text()[-3000:]
+    procs = [start(tmp_path, f"concurrent{i}.log") for i in range(2)]
+    for i, proc in enumerate(procs):
+        assert proc.wait(timeout=900) == 0, (tmp_path / f"concurrent{i}.log").read_text()[-3000:]
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns.db")
+    exp = tracker.client.get_experiment_by_name("resume").experiment_id
+    parents = tracker.client.search_runs([exp], filter_string="tags.`unitune.role` = 'search'")
+    ids = [p.data.tags["unitune.search_id"] for p in parents]
+    assert len(parents) == (2 if fresh else 3) and len(set(ids)) == len(ids)
+    assert all(p.info.status == "FINISHED" and p.data.tags["unitune.state"] == "completed" for p in parents)
+    runs = trial_runs(tracker)
+    assert len(runs) == 2 * len(parents)
+    for parent in parents:
+        children = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert len(children) == 2
+        assert {r.data.tags["unitune.search_id"] for r in children} == {parent.data.tags["unitune.search_id"]}
+    studies = optuna.get_all_study_names(storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert sorted(studies) == sorted(ids)
+    for name in studies:
+        trials = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db").trials
+        assert len(trials) == 2 and all(t.state.is_finished() for t in trials)
+    assert sorted(p.name for p in (tmp_path / ".unitune" / "tune").iterdir() if p.is_dir()) == sorted(ids)

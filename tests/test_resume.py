@@ -107,7 +107,7 @@ def test_resume_without_an_interrupted_search_exits_2(tmp_path, monkeypatch, cap
 @pytest.mark.slow
 def test_trial_process_killed_mid_trial_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """The trial's process exits at the start of epoch 2 (once); Tune retries it from the
-    epoch-1 checkpoint: the run stays one run, epochs 1..3 logged once, Tune saw 1, 2, 3."""
+    epoch-1 checkpoint: the run stays one run, epochs 0..3 logged once, Tune saw 0, 1, 2, 3."""
     import ray
 
     monkeypatch.chdir(tmp_path)
@@ -124,12 +124,13 @@ def test_trial_process_killed_mid_trial_resumes_from_its_checkpoint(tmp_path, mo
     tracker = Tracker(f"sqlite:///{tmp_path}/mlruns.db")
     (run,) = trial_runs(tracker)
     assert run.data.tags["unitune.state"] == "completed" and run.info.status == "FINISHED"
-    for key in ("rsum", "epoch", "train_loss"):
-        assert steps(tracker, run.info.run_id, key) == [1, 2, 3]
+    for key in ("rsum", "epoch"):
+        assert steps(tracker, run.info.run_id, key) == [0, 1, 2, 3]
+    assert steps(tracker, run.info.run_id, "train_loss") == [1, 2, 3]
     results = list((tmp_path / ".unitune" / "tune").rglob("result.json"))
     assert len(results) == 1
     epochs = [json.loads(line)["epoch"] for line in results[0].read_text().splitlines() if line.strip()]
-    assert epochs == [1, 2, 3]  # from scratch it would be 1, 1, 2, 3
+    assert epochs == [0, 1, 2, 3]  # from scratch it would be 0, 1, 0, 1, 2, 3
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
@@ -188,7 +189,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         assert state in ("completed", "stopped_by_asha"), state
         epochs = steps(tracker, run.info.run_id, "rsum")
         n = 3 if state == "completed" else int(run.data.tags["unitune.stopped_at_epoch"])
-        assert epochs == list(range(1, n + 1)), (run.info.run_id, epochs)
+        assert epochs == list(range(0, n + 1)), (run.info.run_id, epochs)
         assert steps(tracker, run.info.run_id, "epoch") == epochs
         if run.info.run_id in before:  # finished before the kill: not trained or closed again
             assert (run.info.end_time, epochs) == before[run.info.run_id]

@@ -210,6 +210,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
             local store with a remote cluster, an unknown warm-start study, nothing to resume.
     """
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
@@ -269,7 +270,8 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
                 tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
                                    run_config=tune.RunConfig(
                                        name=search_id, storage_path=storage_path,
-                                       callbacks=[driver_cb, *(callbacks or [])],
+                                       # result.json per trial: what Tune's ResultGrid reads back
+                                       callbacks=[driver_cb, JsonLoggerCallback(), *(callbacks or [])],
                                        # a trial whose process dies is retried from its checkpoint
                                        failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
