@@ -261,3 +261,12 @@ def test_concurrent_processes_build_an_entry_once(tmp_path):
         written = pool.starmap(_build_slowly, [(str(tmp_path), str(log), start)] * 3)
     assert len(log.read_text().split()) == 1
     assert sorted(w > 0 for w in written) == [False, False, True]
+
+
+def test_a_loaded_entry_survives_its_file_being_truncated(tmp_path):
+    """Entries are read into memory: truncating the file under a running trial cannot fault it."""
+    tensors, _ = store.get_or_build(tmp_path, "entry", {"k": 1}, lambda: {"prefix": torch.arange(100_000.0)})
+    os.truncate(store.paths(tmp_path, "entry")[0], 10)
+    assert torch.equal(tensors["prefix"], torch.arange(100_000.0))
+    rebuilt, written = store.get_or_build(tmp_path, "entry", {"k": 1}, lambda: {"prefix": torch.arange(100_000.0)})
+    assert written > 0 and torch.equal(rebuilt["prefix"], tensors["prefix"])

@@ -4,10 +4,13 @@ Layout of the tensors of an entry:
 
 - visual: ``prefix`` ``[num_items, *S]`` (images) or ``[num_items, F, *S]`` (videos, the
   uniformly sampled frames), float32;
-- text, cut inside the tower: ``hidden`` ``[total_tokens, H]`` (each caption's tokens, no
-  padding, captions one after another), ``offsets`` ``[num_captions + 1]`` (caption ``j``
-  is ``hidden[offsets[j]:offsets[j+1]]``) and per-caption extras such as ``pool_index``;
-- text, whole tower frozen: ``pooled`` ``[num_captions, H]``.
+- text: each distinct caption once (captions shared by several items, such as the emoji
+  styles of one concept, are computed and stored once); ``caption_index`` ``[num_captions]``
+  maps caption ``j`` to its row ``u``. Cut inside the tower: ``hidden`` ``[total_tokens, H]``
+  (each distinct caption's tokens, no padding, one after another), ``offsets``
+  ``[num_distinct + 1]`` (row ``u`` is ``hidden[offsets[u]:offsets[u+1]]``) and per-caption
+  extras such as ``pool_index`` ``[num_distinct]``; whole tower frozen: ``pooled``
+  ``[num_distinct, H]``.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ def build_text(model, captions: list[str], k: int, *, batch_size: int,
     caption's tokens first).
     """
     model.eval()
+    rows = {caption: row for row, caption in enumerate(dict.fromkeys(captions))}
+    distinct = list(rows)
     parts: dict[str, list[torch.Tensor]] = {}
     lengths: list[torch.Tensor] = []
-    for start in range(0, len(captions), batch_size):
-        tokens = model.tokenize(captions[start:start + batch_size])
+    for start in range(0, len(distinct), batch_size):
+        tokens = model.tokenize(distinct[start:start + batch_size])
         mask = tokens["attention_mask"]
         prefix = model.text_prefix(tokens["input_ids"].to(device), mask.to(device), k)
         if "hidden" in prefix:
@@ -64,6 +69,7 @@ def build_text(model, captions: list[str], k: int, *, batch_size: int,
             if name not in ("hidden", "attention_mask"):
                 parts.setdefault(name, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
     tensors = {name: torch.cat(values) for name, values in parts.items()}
+    tensors["caption_index"] = torch.tensor([rows[caption] for caption in captions], dtype=torch.long)
     if lengths:
         tensors["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(lengths).cumsum(0)])
     return tensors
@@ -85,12 +91,12 @@ class CachedSplit:
     def text_sample(self, j: int) -> dict[str, torch.Tensor]:
         """Caption ``j``'s prefix: ``{"hidden": [len_j, H], extras}`` or ``{"pooled": [H]}``."""
         text = self.text
-        if "offsets" not in text:
-            return {name: value[j] for name, value in text.items()}
-        start, stop = int(text["offsets"][j]), int(text["offsets"][j + 1])
-        sample = {"hidden": text["hidden"][start:stop]}
-        sample.update({name: value[j] for name, value in text.items() if name not in ("hidden", "offsets")})
-        return sample
+        row = int(text["caption_index"][j])
+        per_row = {name: value[row] for name, value in text.items()
+                   if name not in ("hidden", "offsets", "caption_index")}
+        if "offsets" in text:
+            per_row["hidden"] = text["hidden"][int(text["offsets"][row]):int(text["offsets"][row + 1])]
+        return per_row
 
     def text_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return collate_text([self.text_sample(j) for j in indices])

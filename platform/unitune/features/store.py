@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from unitune.errors import UserError
 
@@ -48,15 +48,20 @@ def paths(directory: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 def read_entry(directory: Path, name: str, key: dict) -> dict[str, torch.Tensor] | None:
-    """The tensors of a valid entry, or None when it is missing, partial or corrupt."""
+    """The tensors of a valid entry, or None when it is missing, partial or corrupt.
+
+    The file is read into memory (not memory-mapped): an entry truncated on disk while a
+    trial trains on it cannot fault the trial.
+    """
     data, sidecar, _ = paths(directory, name)
     try:
         meta = json.loads(sidecar.read_text())
         if meta.get("key") != key or data.stat().st_size != meta.get("size"):
             return None
-        if file_sha256(data) != meta.get("sha256"):
+        content = data.read_bytes()
+        if len(content) != meta.get("size") or hashlib.sha256(content).hexdigest() != meta.get("sha256"):
             return None
-        return load_file(data)
+        return load(content)
     except (OSError, ValueError, json.JSONDecodeError):
         # safetensors raises its own errors (subclasses of Exception) for a bad header.
         return None

@@ -73,6 +73,7 @@ def run_training(
     resume_from: str | os.PathLike | None = None,
     evaluate_test: bool = False,
     save_final_model: bool = True,
+    report_epoch_0: bool = True,
 ) -> dict:
     """Train ``job`` in this process: one worker, no Ray, no DDP.
 
@@ -89,6 +90,7 @@ def run_training(
         evaluate_test: evaluate the test split after the last epoch (``test_*`` keys).
         save_final_model: write the whole trained model (``model/``, ``save_model``
             format) into the last checkpoint; a search trial does not need it.
+        report_epoch_0: report the untrained model's evaluation first (epoch 0).
 
     Returns:
         The metrics of the last epoch.
@@ -100,14 +102,16 @@ def run_training(
     device = torch.device("cuda" if use_cuda else "cpu")
     resume = load_checkpoint(resume_from) if resume_from is not None else None
     return _fit(job, rank=0, world_size=1, device=device, report=report, resume=resume,
-                checkpoint_dir=checkpoint_dir, evaluate_test=evaluate_test, save_final_model=save_final_model)
+                checkpoint_dir=checkpoint_dir, evaluate_test=evaluate_test, save_final_model=save_final_model,
+                report_epoch_0=report_epoch_0)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker function: ``config = {"job": job.model_dump(mode="json"),
-    "evaluate_test": bool, "save_model": bool (default True)}``. Reports epoch 0 first
-    (as :func:`run_training`). Resumes from ``ray.train.get_checkpoint()`` when Ray
-    restarts the workers after a failure."""
+    "evaluate_test": bool, "save_model": bool (default True), "report_epoch_0": bool
+    (default False until every consumer of the reports takes an epoch 0 without training
+    keys)}``. Resumes from ``ray.train.get_checkpoint()`` when Ray restarts the workers
+    after a failure."""
     import ray.train
     import ray.train.torch
 
@@ -132,6 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
         resume=resume,
         evaluate_test=bool(config.get("evaluate_test", False)),
         save_final_model=bool(config.get("save_model", True)),
+        report_epoch_0=bool(config.get("report_epoch_0", False)),
         prepare_model=ray.train.torch.prepare_model,
         # Our loader already has its DistributedSampler (seeded by the job); Ray only
         # adds the host-to-device transfer.
@@ -191,6 +196,7 @@ def _fit(
     checkpoint_dir: str | os.PathLike | None = None,
     evaluate_test: bool = False,
     save_final_model: bool = True,
+    report_epoch_0: bool = True,
     prepare_model: Callable = lambda module: module,
     prepare_loader: Callable = lambda loader: loader,
 ) -> dict:
@@ -253,7 +259,7 @@ def _fit(
                         precision=job.train.precision, cached=val_cached)
 
     metrics: dict = {}
-    if start_epoch == 0:
+    if start_epoch == 0 and report_epoch_0:
         # Epoch 0: the untrained (pretrained) model, so every curve starts at the same point.
         started = time.perf_counter()
         metrics = {"epoch": 0, "train_time_s": 0.0}
