@@ -95,6 +95,21 @@ def test_unreachable_ray_address_is_a_fast_clear_error(tmp_path, monkeypatch, ca
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # no parent run
 
 
+def test_a_trial_the_local_ray_cannot_hold_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    job = write_job(tmp_path)
+    started = time.monotonic()
+    assert main(["search", str(job), "resources.cpu_per_worker=64"]) == 2
+    err = capsys.readouterr().err
+    assert "resources.cpu_per_worker" in err and "64" in err and "Traceback" not in err
+    assert time.monotonic() - started < 60   # not a search that waits for resources forever
+    assert not ray.is_initialized()
+    client = Tracker(f"sqlite:///{tmp_path}/mlruns.db").client
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 def test_resume_without_an_interrupted_search_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     job = write_job(tmp_path)

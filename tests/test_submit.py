@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from unitune import cli, submit
-from unitune.config import load_job
+from unitune.config import JobSpec, load_job
 from unitune.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,3 +338,62 @@ def test_submitted_demo_search_logs_into_this_directory(ray_cluster, tmp_path, m
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 3
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs if r not in parents)
+
+
+@pytest.mark.slow
+def test_submitted_search_stopped_then_resumed(ray_cluster, tmp_path, monkeypatch, capsys):
+    """`unitune stop` of a submitted search (SIGTERM to its driver) leaves it interrupted;
+    `unitune submit --resume` continues it to exactly num_trials runs, each epoch once."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "jobs" / "demo.yaml").write_text(DEMO.read_text())
+    (tmp_path / "search_spaces" / "unified.yaml").write_text((ROOT / "search_spaces" / "unified.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    tiny = [a for a in TINY if not a.startswith(("search.num_trials", "train.epochs"))]
+    args = ["jobs/demo.yaml", "--address", ray_cluster, "search.num_trials=3", "train.epochs=2", *tiny]
+    assert cli.main(["submit", *args]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    deadline = time.monotonic() + 600
+    while True:   # stop it once a trial has finished and another has started
+        assert time.monotonic() < deadline, submit.connect(ray_cluster).get_job_logs(job_id)[-3000:]
+        exp = client.get_experiment_by_name("demo") if (tmp_path / "mlruns.db").exists() else None
+        runs = client.search_runs([exp.experiment_id], "tags.`unitune.role` = 'trial'") if exp else []
+        states = [r.data.tags.get("unitune.state") for r in runs]
+        if len(runs) >= 2 and any(s in ("completed", "stopped_by_asha") for s in states):
+            break
+        time.sleep(1)
+    assert cli.main(["stop", job_id, "--address", ray_cluster]) == 0
+    wait_for_status(ray_cluster, job_id, {"STOPPED", "FAILED", "SUCCEEDED"}, timeout=120)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`unitune.role` = 'search'")
+    assert parent.data.tags["unitune.state"] == "interrupted" and parent.info.status == "KILLED"
+
+    capsys.readouterr()
+    assert cli.main(["submit", *args, "--resume"]) == 0
+    resumed = capsys.readouterr().out.split()[1]
+    status = wait_for_status(ray_cluster, resumed, {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=600)
+    assert status == "SUCCEEDED", submit.connect(ray_cluster).get_job_logs(resumed)[-3000:]
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`unitune.role` = 'search'")
+    assert parent.data.tags["unitune.state"] == "completed" and parent.info.status == "FINISHED"
+    runs = client.search_runs([exp.experiment_id], "tags.`unitune.role` = 'trial'")
+    assert len(runs) == 3
+    for run in runs:
+        state = run.data.tags["unitune.state"]
+        assert state in ("completed", "stopped_by_asha") and run.info.status == "FINISHED"
+        last = 2 if state == "completed" else int(run.data.tags["unitune.stopped_at_epoch"])
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "rsum")) == list(range(last + 1))
+
+
+def test_submit_resume_to_a_remote_cluster_needs_search_storage(tmp_path, monkeypatch):
+    job = JobSpec.model_validate({"name": "demo", "search": {"space": str(ROOT / "search_spaces" / "unified.yaml")},
+                                  "tracking": {"uri": "http://mlflow.example:5000"}})
+    with pytest.raises(UserError, match="search.storage: not set"):
+        submit.plan_submission(job, DEMO, [], address="http://10.1.2.3:8265", resume=True)
+    ok = submit.plan_submission(job.model_copy(update={"search": job.search.model_copy(update={"storage": "s3://b/u"})}),
+                                DEMO, [], address="http://10.1.2.3:8265", resume=True)
+    assert ok.entrypoint.endswith("--resume") and "search.storage" not in ok.entrypoint
+    local = submit.plan_submission(job, DEMO, [], address="http://127.0.0.1:8265")
+    assert f"search.storage={(Path.cwd() / '.unitune/tune').resolve()}" in local.entrypoint
+    assert local.runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "60"

@@ -130,3 +130,21 @@ def check_reachable(address: str | None) -> None:
     except OSError as exc:
         raise UserError(f"ray.address: cannot connect to the Ray cluster at {address}: "
                         f"{exc.strerror or exc} (is it running? `ray status --address {netloc}`)") from exc
+
+
+def check_fits(job, address: str | None) -> None:
+    """A run (one trial) that no node of the connected cluster can hold is an error now,
+    not a job that waits forever; a cluster given by address may autoscale: a warning there.
+
+    Raises:
+        UserError: names the resource key, what a run needs and what the cluster has.
+    """
+    import sys
+
+    import ray
+
+    from unitune.preflight import check_resources
+
+    for warning in check_resources(job, ray.cluster_resources(), ray.nodes(), autoscaling=address is not None):
+        print(f"unitune: warning: {warning}", file=sys.stderr)
+

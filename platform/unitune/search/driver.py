@@ -229,7 +229,24 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         if not tune.Tuner.can_restore(exp_dir):
             raise UserError(f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
                             "started in another directory, or on a cluster without search.storage)")
+    from unitune import features
+
+    features.check(base)   # cache refusals (unwritable directory, augmentation) before Ray starts
     started_ray = init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
+    # What the frozen layers compute, once for every trial (trials that sample a different
+    # split point or image size build their own entry on first use). Before any run exists.
+    if verbose and features.setting(base) != "off":
+        print("unitune: preparing the frozen-prefix feature cache ...", file=sys.stderr, flush=True)
+    try:
+        cluster.check_fits(base, address)
+        cache = features.prepare(base)
+    except BaseException:
+        if started_ray:
+            cluster.shutdown_ray()
+        raise
+    if verbose and cache["feature_cache_dir"] is not None:
+        print(f"unitune: feature cache ready in {cache['feature_cache_s']:.1f} s ({cache['entries_built']} built, "
+              f"{cache['entries_reused']} reused, {cache['bytes'] / 2**20:.1f} MiB)", file=sys.stderr, flush=True)
     storage = open_storage(tracker)
     if found is None:
         search_id = allocate_search(tracker, storage, experiment, f"{job.name}-{space_name(space)}-{key}", space)
@@ -241,6 +258,11 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         search_id, parent = found
         tracker.reopen_run(parent)
         tracker.set_tags(parent, {T.STATE: "running"})
+
+    if found is None and cache["feature_cache_dir"] is not None:
+        tracker.log_metrics(parent, {k: cache[k] for k in ("feature_cache_s", "entries_built", "entries_reused")}
+                            | {"feature_cache_bytes": cache["bytes"]}, step=0)
+        tracker.set_tags(parent, {"unitune.feature_cache_dir": cache["feature_cache_dir"]})
 
     metrics, modes = space.objective_names()
     setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,

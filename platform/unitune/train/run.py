@@ -29,7 +29,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from unitune.cluster import init_ray, shutdown_ray
+from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri
 from unitune.tracking import Tracker
@@ -153,6 +153,12 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     tracker.check(job.ray.address, job.experiment)
     # Ray before the MLflow run: an unreachable cluster leaves no failed run behind.
     started_ray = init_ray(job.ray.address, log_to_driver=True)
+    try:
+        check_fits(job, job.ray.address)
+    except BaseException:
+        if started_ray:
+            shutdown_ray()
+        raise
     source = {"unitune.source_run": job.tracking.source_run} if job.tracking.source_run else {}
     run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={"unitune.kind": "train", **source})
     status = "FAILED"
