@@ -114,3 +114,25 @@ def test_warm_start_copies_completed_trials_that_fit(tmp_path):
     assert len(new._ot_study.trials) == 3
     with pytest.raises(Exception, match="no Optuna study 'missing'"):
         warm_start(storage, "missing", "x", spec)
+
+
+def test_bound_warnings_for_values_at_the_edges_of_their_range():
+    from unitune.config import SearchSpaceSpec
+    from unitune.search.report import bound_warnings
+
+    space = SearchSpaceSpec.model_validate({
+        "metric": "rsum", "mode": "max", "num_trials": 4,
+        "params": {"loss.gamma": {"type": "uniform", "low": 5.0, "high": 105.0},
+                   "optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-1},
+                   "loss.margin": {"type": "uniform", "low": 0.0, "high": 1.0},
+                   "loss.mining": {"type": "choice", "values": ["all", "hardest"]}}})
+    # gamma 5 + 4% of 100 -> low end; lr 10^-1.1 is 97.5% of the way in log space -> high end;
+    # margin in the middle; a choice is never a bound
+    best = {"params": {"loss.gamma": 9.0, "optim.lr": 10 ** -1.1, "loss.margin": 0.5, "loss.mining": "all"}}
+    lines = bound_warnings({"best": best}, space)
+    assert len(lines) == 2
+    assert "loss.gamma" in lines[0] and "low bound" in lines[0]
+    assert "optim.lr" in lines[1] and "high bound" in lines[1]
+    assert bound_warnings({"best": None}, space) == []
+    best["params"]["loss.gamma"] = 11.0   # 6%: inside
+    assert len(bound_warnings({"best": best}, space)) == 1

@@ -41,13 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from unitune.preflight import preflight
     preflight(job, splits=("train", "val"))  # the data a search reads, before Ray and MLflow
     from unitune.search.driver import run_search
-    from unitune.search.report import format_summary
+    from unitune.search.report import bound_warnings, format_summary
 
     space_arg = ["--space", args.space] if args.space else []
     again = "unitune search " + shlex.join([args.job, *space_arg, *args.overrides, "--resume"])
     result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
                         verbose=not args.quiet, resume=args.resume, resume_hint=again)
     print(redact(format_summary(result.summary, job.tracking.uri, args.job)))
+    for warning in bound_warnings(result.summary, space):
+        print(f"unitune: warning: {warning}", file=sys.stderr)
     if result.interrupted:
         if result.signal is None:
             print(f"interrupted: resume with  {again}", file=sys.stderr)

@@ -197,3 +197,28 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
               f"next: unitune ui {job_arg}    # browse the runs",
               f"      unitune export {s['search_id']} --job {job_arg}    # best config -> final job"]
     return "\n".join(lines)
+
+def bound_warnings(summary: dict, space: SearchSpaceSpec, margin: float = 0.05) -> list[str]:
+    """One line per numeric parameter whose best-trial value lies in the outer ``margin`` of
+    its range (in log space for log-scaled ones): the optimum may lie beyond the bound."""
+    best = summary.get("best")
+    if best is None:
+        return []
+    out = []
+    for name, param in space.params.items():
+        value = best["params"].get(name)
+        if param.type == "choice" or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        log = param.type == "loguniform" or getattr(param, "log", False)
+        low, high, v = (math.log(x) for x in (param.low, param.high, value)) if log else (param.low, param.high, value)
+        if high <= low:
+            continue
+        where = (v - low) / (high - low)
+        if where <= margin:
+            out.append(f"best {name}={value:.4g} lies at the low end of its range [{param.low:g}, {param.high:g}]: "
+                       f"widen {name}'s low bound")
+        elif where >= 1 - margin:
+            out.append(f"best {name}={value:.4g} lies at the high end of its range [{param.low:g}, {param.high:g}]: "
+                       f"widen {name}'s high bound")
+    return out
+
