@@ -76,8 +76,13 @@ def test_searcher_in_rdb_storage_tags_trial_ids_and_is_seeded(tmp_path):
     for name in ("a", "b"):
         searcher = make_searcher(_space(), study_name=name, storage=optuna.storages.RDBStorage(url))
         configs.append([searcher.suggest(f"t{i}") for i in range(3)])
-        for i in range(3):
+        for i in range(3):   # the searcher only asks: Ray's own tell (by training iteration) is off
+            searcher.on_trial_result(f"t{i}", {"rsum": 1.0, "training_iteration": 1})
             searcher.on_trial_complete(f"t{i}", {"rsum": 100.0 + i, "training_iteration": 1})
+        study = optuna.load_study(study_name=name, storage=url)
+        assert all(t.state == optuna.trial.TrialState.RUNNING and not t.intermediate_values for t in study.trials)
+        for i in range(3):   # what the driver's recorder does
+            study.tell(i, 100.0 + i)
     assert configs[0] == configs[1]  # same seed, same samples
     assert all(c["loss.scale_by_gamma"] is False for c in configs[0])
     study = optuna.load_study(study_name="a", storage=url)
@@ -85,12 +90,31 @@ def test_searcher_in_rdb_storage_tags_trial_ids_and_is_seeded(tmp_path):
     assert [t.value for t in study.trials] == [100.0, 101.0, 102.0]
 
 
+def test_a_trial_the_restored_searcher_never_saw_is_continued_not_replaced(tmp_path):
+    """A RUNNING Optuna trial unknown to the searcher (its driver died before Tune saved it)
+    is taken over by the next new Tune trial, with the same values and no new sample."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    first = make_searcher(_space(), study_name="s", storage=optuna.storages.RDBStorage(url))
+    first.suggest("t0")
+    orphan = first.suggest("t1")          # started, then the driver was killed
+    restored = make_searcher(_space(), study_name="s", storage=optuna.storages.RDBStorage(url))
+    restored._ot_trials = {"t0": first._ot_trials["t0"]}   # what Tune's last snapshot held
+    assert restored.suggest("t9") == orphan
+    study = optuna.load_study(study_name="s", storage=url)
+    assert len(study.trials) == 2
+    assert study.trials[1].user_attrs["trial_id"] == "t9"
+    assert study.trials[1].user_attrs["previous_trial_id"] == "t1"
+    restored.suggest("t10")                # nothing left to continue: a new sample
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 3
+
+
 def test_pareto_searcher_has_two_directions(tmp_path):
     spec = _space(objectives=[{"metric": "rsum", "mode": "max"}, {"metric": "epochs_to_target", "mode": "min"}])
     searcher = make_searcher(spec, study_name="p", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db"))
     assert searcher.metric == ["rsum", "epochs_to_target"]
     searcher.suggest("t0")
-    searcher.on_trial_complete("t0", {"rsum": 200.0, "epochs_to_target": 2.0})
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/o.db")
+    study.tell(0, [200.0, 2.0])
     study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/o.db")
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert study.trials[0].values == [200.0, 2.0]
@@ -100,18 +124,25 @@ def test_warm_start_copies_completed_trials_that_fit(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
     spec = _space()
     old = make_searcher(spec, study_name="old", storage=storage)
-    for i in range(4):
+    for i in range(5):
         old.suggest(f"t{i}")
-    for i in range(3):  # the 4th stays running: not copied
-        old.on_trial_complete(f"t{i}", {"rsum": 10.0 * i})
+    study = optuna.load_study(study_name="old", storage=storage)
+    for i in range(3):  # the 5th stays running: not copied
+        study.tell(i, 10.0 * i)
+    optuna.trial.Trial(study, study.trials[3]._trial_id).report(7.0, 1)
+    study.tell(3, state=optuna.trial.TrialState.PRUNED)   # copied as pruned, at its step
     narrower = _space(params={**spec.model_dump()["params"],
                               "loss.margin": {"type": "uniform", "low": 0.0, "high": 0.3}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert warm_start(storage, "old", "same", spec) == 3
+        optuna.create_study(study_name="same", storage=storage, direction="maximize")
+        optuna.create_study(study_name="other", storage=storage, direction="maximize")
+        assert warm_start(storage, "old", "same", spec) == 4
         assert warm_start(storage, "old", "other", narrower) == 0  # margin's distribution changed
     new = make_searcher(spec, study_name="same", storage=storage)
-    assert len(new._ot_study.trials) == 3
+    copied = new._ot_study.trials
+    assert [t.state for t in copied] == [optuna.trial.TrialState.COMPLETE] * 3 + [optuna.trial.TrialState.PRUNED]
+    assert copied[3].intermediate_values == {1: 7.0} and copied[3].value == 7.0
     with pytest.raises(Exception, match="no Optuna study 'missing'"):
         warm_start(storage, "missing", "x", spec)
 

@@ -177,7 +177,7 @@ def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
             continue
         copied.append(optuna.trial.create_trial(
             state=t.state, params=t.params, distributions=t.distributions,
-            values=t.values if t.state == optuna.trial.TrialState.COMPLETE else None,
+            values=t.values,   # a pruned trial's: its last intermediate value
             intermediate_values=t.intermediate_values,
             user_attrs={**{k: v for k, v in t.user_attrs.items() if k != "trial_id"},
                         "warm_start_from": source}))
@@ -214,7 +214,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
 
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-    tracker.check(address)
+    tracker.check(address, job.experiment)
     experiment = job.experiment
     base = search_job(job, space)
     key = search_key(job, space)

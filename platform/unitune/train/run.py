@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
-from unitune.errors import UserError, mask_uri
+from unitune.errors import UserError, mask_uri, redact
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
 from unitune.train.worker import MODEL_DIR, train_loop_per_worker
@@ -70,9 +70,12 @@ class MlflowCallback(UserCallback):
         report = metrics[0]
         self.tracker.log_metrics(self.run_id, numeric(report), step=int(report["epoch"]))
         # One progress line per epoch (Ray forwards the controller's stdout to the driver).
-        rsum = f", val rsum {report['rsum']:.2f}" if "rsum" in report else ""
-        print(f"epoch {report['epoch']}: train loss {report['train_loss']:.4f}{rsum}, "
-              f"{report['samples_per_s']:.1f} samples/s", flush=True)
+        rsum = f"val rsum {report['rsum']:.2f}" if "rsum" in report else "no validation"
+        if "train_loss" not in report:   # epoch 0: the model before training
+            print(f"epoch {report['epoch']} (before training): {rsum}", flush=True)
+            return
+        print(f"epoch {report['epoch']}: train loss {report['train_loss']:.4f}, {rsum}, "
+              f"{report.get('samples_per_s', float('nan')):.1f} samples/s", flush=True)
 
 
 def worker_config(job: JobSpec, *, evaluate_test: bool) -> dict:
@@ -163,7 +166,9 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={"unitune.kind": "train", **source})
     status = "FAILED"
     try:
-        tracker.log_params(run_id, flatten(job.model_dump(mode="json")))
+        # Params are shown to everyone who opens the run: credentials in URIs masked.
+        tracker.log_params(run_id, {k: redact(v) if isinstance(v, str) else v
+                                    for k, v in flatten(job.model_dump(mode="json")).items()})
         if job.source is not None:
             tracker.log_artifact(run_id, job.source)
         name = f"{job.name}-{run_id}"
