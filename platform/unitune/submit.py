@@ -32,7 +32,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0  # one request, no retries: an unreachable cluster fails in seconds
 # Never uploaded: the environment, caches, local stores (the job gets absolute store paths).
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.egg-info", ".pytest_cache", ".unitune",
-            "mlruns", "mlruns.db", "mlartifacts", "optuna.db", "exported"]
+            "mlruns", "mlruns.db", "mlartifacts", "optuna.db", "*.db.lock", "exported"]
 FORWARDED_PREFIXES = ("UNITUNE_", "MLFLOW_")  # MLflow credentials, unitune settings
 
 

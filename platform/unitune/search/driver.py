@@ -64,8 +64,12 @@ class SearchResult:
 
 def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
     """8 hex digits identifying what is searched: the job and the space, not the file names
-    nor where it runs and logs (``ray``, ``tracking``, ``search.storage``)."""
-    what = job.model_dump(mode="json", exclude={"ray": True, "tracking": True, "search": {"storage"}})
+    nor where it runs, caches and logs (``ray``, ``tracking``, ``search.storage``, the
+    space's path, the synthetic data's and the feature cache's directories), so a submitted
+    search unpacked in another directory on the cluster is the same search."""
+    what = job.model_dump(mode="json", exclude={
+        "ray": True, "tracking": True, "search": {"storage", "space"},
+        "data": {"feature_cache": True, "synthetic": {"cache_dir"}}})
     payload = json.dumps([what, space.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:8]
 
