@@ -29,14 +29,11 @@ from urllib.parse import urlparse
 
 import yaml
 
+from unitune import tags as T
 from unitune.errors import UserError
 
 DEFAULT_STORE = "sqlite:///mlruns.db"
 FINISHED_STATES = ("completed", "stopped_by_asha")
-# Tags and artifact names of unitune.search.trial, repeated here: importing it pulls in
-# MLflow, and the CLI imports this module to build its parser.
-SEARCH_TAG, TRIAL_TAG, ROLE_TAG, STATE_TAG = "unitune.search_id", "unitune.trial_id", "unitune.role", "unitune.state"
-BASE_JOB_ARTIFACT = "search_job.yaml"   # the parent run's base job of every trial
 
 
 @dataclass
@@ -69,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = Tracker(uri)
     tracker.check()
     parent, picked_run = find_search(tracker, args.search, experiment)
-    search_id = parent.data.tags[SEARCH_TAG]
+    search_id = parent.data.tags[T.SEARCH]
     params = parent.data.params
     objectives = _objectives(params)
     metric = args.metric or objectives[0][0]
@@ -83,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     trial_ref = args.trial or picked_run
     trial = select(trials, trial_ref, metric, mode, search_id)
-    base = tracker.read_text(parent.info.run_id, BASE_JOB_ARTIFACT)
+    base = tracker.read_text(parent.info.run_id, T.BASE_JOB_ARTIFACT)
     if base is None:
-        raise UserError(f"search {search_id}: parent run {parent.info.run_id} has no {BASE_JOB_ARTIFACT} "
+        raise UserError(f"search {search_id}: parent run {parent.info.run_id} has no {T.BASE_JOB_ARTIFACT} "
                         "artifact (a search from an older unitune); run the search again")
     job = final_job(yaml.safe_load(base), trial)
     out = Path(args.out or f"{job.name}_final.yaml")
@@ -166,13 +163,13 @@ def find_search(tracker, search: str | None, experiment: str | None):
             run = client.get_run(search)
         except MlflowException:
             run = None
-        if run is not None and run.data.tags.get(ROLE_TAG) == "search":
+        if run is not None and run.data.tags.get(T.ROLE) == "search":
             return run, None
-        if run is not None and run.data.tags.get(ROLE_TAG) == "trial":
+        if run is not None and run.data.tags.get(T.ROLE) == "trial":
             return client.get_run(run.data.tags["mlflow.parentRunId"]), run.info.run_id
         if run is not None:
             raise UserError(f"run {search} is not a unitune search or trial run")
-        parents = _searches(client, exp_ids, f" and tags.`{SEARCH_TAG}` = '{_quote(search)}'")
+        parents = _searches(client, exp_ids, f" and tags.`{T.SEARCH}` = '{_quote(search)}'")
         if len({p.info.experiment_id for p in parents}) > 1:
             raise UserError(f"search id {search!r} is ambiguous: it names searches in experiments "
                             f"{_experiment_names(client, parents)}; give the parent run id")
@@ -180,7 +177,7 @@ def find_search(tracker, search: str | None, experiment: str | None):
             return parents[0], None
         exp = client.get_experiment_by_name(search)
         if exp is None or exp.experiment_id not in exp_ids:
-            known = sorted({p.data.tags.get(SEARCH_TAG) for p in _searches(client, exp_ids)})
+            known = sorted({p.data.tags.get(T.SEARCH) for p in _searches(client, exp_ids)})
             raise UserError(f"no search {search!r} in {tracker.uri} (not a parent run id, search id or "
                             f"experiment name); searches there: {', '.join(known[:10]) or 'none'}")
         exp_ids = [exp.experiment_id]
@@ -195,7 +192,7 @@ def find_search(tracker, search: str | None, experiment: str | None):
 
 def _searches(client, exp_ids: list[str], extra: str = "") -> list:
     """Parent runs of searches in ``exp_ids``, newest first."""
-    return list(client.search_runs(exp_ids, filter_string=f"tags.`{ROLE_TAG}` = 'search'{extra}",
+    return list(client.search_runs(exp_ids, filter_string=f"tags.`{T.ROLE}` = 'search'{extra}",
                                    order_by=["attributes.start_time DESC"], max_results=1000))
 
 
@@ -222,11 +219,11 @@ def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list
 
     runs = tracker.client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`{SEARCH_TAG}` = '{_quote(search_id)}' and tags.`{ROLE_TAG}` = 'trial'",
+        filter_string=f"tags.`{T.SEARCH}` = '{_quote(search_id)}' and tags.`{T.ROLE}` = 'trial'",
         order_by=["attributes.start_time ASC"], max_results=10000)
     trials, states = [], {}
     for run in runs:
-        state = run.data.tags.get(STATE_TAG, "unknown")
+        state = run.data.tags.get(T.STATE, "unknown")
         states[state] = states.get(state, 0) + 1
         if state not in FINISHED_STATES or run.info.status == "RUNNING":
             continue
@@ -239,7 +236,7 @@ def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list
                     values[name] = max(history) if METRICS[name] == "max" else min(history)
             elif name in final and not math.isnan(final[name]):
                 values[name] = final[name]
-        trials.append(Trial(run.data.tags.get(TRIAL_TAG, run.info.run_id), run.info.run_id, state,
+        trials.append(Trial(run.data.tags.get(T.TRIAL, run.info.run_id), run.info.run_id, state,
                             {k: _coerce(v) for k, v in run.data.params.items()}, values))
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trial runs"

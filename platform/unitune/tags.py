@@ -22,6 +22,10 @@ EPOCHS_RUN = "unitune.epochs_run"
 OPTUNA_TRIAL = "unitune.optuna_trial"     # the Optuna trial number of a child run
 SEARCH_KEY = "unitune.search_key"         # hash of the job and the space (what --resume matches)
 PREVIOUS_TRIAL_IDS = "unitune.previous_trial_ids"  # a trial continued under a new Tune id
+STUDY = "unitune.study_id"                # a study's runs: its study run, searches and final runs
+FAMILY = "unitune.family"
+SEED = "unitune.seed"
+BASE_JOB_ARTIFACT = "search_job.yaml"     # the parent run's base job of every trial (export reads it)
 
 STATUS_OF_STATE = {"running": "RUNNING", "completed": "FINISHED", "stopped_by_asha": "FINISHED",
                    "failed": "FAILED", "interrupted": "KILLED"}

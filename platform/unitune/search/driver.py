@@ -42,7 +42,7 @@ from unitune.search.record import Recorder
 from unitune.search.report import summarize, write_artifacts
 from unitune.search.space import distribution, make_searcher
 from unitune.search.storage import check_tune_storage, tune_storage
-from unitune.search.trial import BASE_JOB_ARTIFACT, TrialSetup, run_trial, trial_resources
+from unitune.search.trial import TrialSetup, run_trial, trial_resources
 from unitune.tracking import Tracker, sqlite_lock
 
 MAX_SEARCHES = 10_000        # ids tried per job and space
@@ -334,7 +334,7 @@ def _start_parent(tracker: Tracker, job: JobSpec, space: SearchSpaceSpec, base: 
                                 "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()},
                                 **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))}
                                    if space.objectives else {})})
-    tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False), BASE_JOB_ARTIFACT)
+    tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False), T.BASE_JOB_ARTIFACT)
     return parent
 
 

@@ -33,9 +33,6 @@ from unitune.tracking import Tracker
 TIME_KEY = "train_time_s"
 EPOCH_KEY = "epoch"
 FAILED_KEY = "unitune_error"           # a trial's last report when the job itself failed
-BASE_JOB_ARTIFACT = "search_job.yaml"  # the parent run's copy of the trials' base job (export reads it)
-# Tag names for older importers; unitune.tags holds them.
-SEARCH_TAG, TRIAL_TAG, ROLE_TAG, STATE_TAG = T.SEARCH, T.TRIAL, T.ROLE, T.STATE
 
 
 @dataclass

@@ -30,14 +30,11 @@ from unitune import cluster, export
 from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.search.driver import run_search
-from unitune.export import BASE_JOB_ARTIFACT, ROLE_TAG, SEARCH_TAG, STATE_TAG
+from unitune import tags as T
 from unitune.study.plan import Family, StudyPlan
 from unitune.tracking import Tracker
 from unitune.train.run import train
 
-STUDY_TAG = "unitune.study_id"
-FAMILY_TAG = "unitune.family"
-SEED_TAG = "unitune.seed"
 TIME_KEY = "train_time_s"
 
 
@@ -82,7 +79,7 @@ def _find_study(tracker: Tracker, experiment: str, base_id: str, resume: bool) -
     k, unfinished, study_id = 1, None, base_id
     while True:
         study_id = base_id if k == 1 else f"{base_id}-{k}"
-        run = tracker.find_run(experiment, {ROLE_TAG: "study", STUDY_TAG: study_id})
+        run = tracker.find_run(experiment, {T.ROLE: "study", T.STUDY: study_id})
         if run is None:
             break
         if tracker.run_status(run) != "FINISHED":
@@ -122,9 +119,9 @@ def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = No
     started = time.monotonic()
     if run_id is None:
         run_id = tracker.start_run(experiment, study_id, tags={
-            ROLE_TAG: "study", STUDY_TAG: study_id, STATE_TAG: "running",
+            T.ROLE: "study", T.STUDY: study_id, T.STATE: "running",
             "unitune.job_file": str(job.source or ""), "unitune.reference_family": plan.reference.name,
-            "mlflow.note.content": f"unitune study {study_id}: filter the runs with tags.`{STUDY_TAG}` = '{study_id}'",
+            "mlflow.note.content": f"unitune study {study_id}: filter the runs with tags.`{T.STUDY}` = '{study_id}'",
         })
         tracker.log_params(run_id, {"families": ",".join(f.name for f in plan.families), "seeds": plan.seeds,
                                     "metric": plan.metric, "mode": plan.mode, "target": plan.target,
@@ -133,7 +130,7 @@ def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = No
     else:
         print(f"unitune: resuming study {study_id}", file=sys.stderr)
         tracker.reopen_run(run_id)
-        tracker.set_tags(run_id, {STATE_TAG: "running"})
+        tracker.set_tags(run_id, {T.STATE: "running"})
     state, status = "failed", "FAILED"
     try:
         searches: dict[str, SearchOutcome] = {}
@@ -149,7 +146,7 @@ def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = No
         state, status = "interrupted", "KILLED"
         raise KeyboardInterrupt from None
     finally:
-        tracker.set_tags(run_id, {STATE_TAG: state})
+        tracker.set_tags(run_id, {T.STATE: state})
         tracker.end_run(run_id, status)
         if started_ray:
             cluster.shutdown_ray()
@@ -159,7 +156,7 @@ def _search(tracker: Tracker, plan: StudyPlan, family: Family, study_id: str, ad
             resume: bool, verbose: bool, out) -> SearchOutcome:
     """The family's finished search (found by its tags), else run (or continue) it."""
     job = plan.job
-    tags = {ROLE_TAG: "search", STUDY_TAG: study_id, FAMILY_TAG: family.name, STATE_TAG: "completed"}
+    tags = {T.ROLE: "search", T.STUDY: study_id, T.FAMILY: family.name, T.STATE: "completed"}
     parent_id = tracker.find_run(job.experiment, tags)
     if parent_id is not None:
         out(f"study {study_id}: search of {family.name} done already (parent run {parent_id})")
@@ -175,17 +172,17 @@ def _search(tracker: Tracker, plan: StudyPlan, family: Family, study_id: str, ad
         if result is None:
             result = run_search(job, family.space, address=address, verbose=verbose)
         parent_id = result.parent_run_id
-        tracker.set_tags(parent_id, {STUDY_TAG: study_id, FAMILY_TAG: family.name})
+        tracker.set_tags(parent_id, {T.STUDY: study_id, T.FAMILY: family.name})
     return _outcome(tracker, plan, family, parent_id)
 
 
 def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) -> SearchOutcome:
     """The search's best trial by the study metric, its cost (trial-epochs, wall time)."""
     parent = tracker.client.get_run(parent_id)
-    search_id = parent.data.tags[SEARCH_TAG]
+    search_id = parent.data.tags[T.SEARCH]
     trials = export.finished_trials(tracker, parent, search_id, [plan.metric])
     best = export.select(trials, None, plan.metric, plan.mode, search_id)
-    children = tracker.search_runs(plan.job.experiment, {SEARCH_TAG: search_id, ROLE_TAG: "trial"})
+    children = tracker.search_runs(plan.job.experiment, {T.SEARCH: search_id, T.ROLE: "trial"})
     trial_epochs = sum(int(r.data.tags.get("unitune.epochs_run", 0) or 0) for r in children)
     info = parent.info
     wall = ((info.end_time or info.start_time) - info.start_time) / 1000.0
@@ -195,9 +192,9 @@ def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) 
 
 def final_job(tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, seed: int) -> JobSpec:
     """The best trial as ``unitune export`` writes it, for ``seed`` and the final epochs."""
-    base = tracker.read_text(search.parent_run_id, BASE_JOB_ARTIFACT)
+    base = tracker.read_text(search.parent_run_id, T.BASE_JOB_ARTIFACT)
     if base is None:
-        raise UserError(f"search {search.search_id}: parent run {search.parent_run_id} has no {BASE_JOB_ARTIFACT}")
+        raise UserError(f"search {search.search_id}: parent run {search.parent_run_id} has no {T.BASE_JOB_ARTIFACT}")
     trial = export.Trial(search.best_trial, search.best_run_id, "completed", search.params, {})
     exported = export.final_job(yaml.safe_load(base), trial)
     return apply_overrides(exported, {
@@ -210,7 +207,7 @@ def _final_runs(tracker: Tracker, plan: StudyPlan, family: Family, search: Searc
                 out) -> list[FinalRun]:
     runs = []
     for seed in range(plan.seeds):
-        tags = {ROLE_TAG: "final", STUDY_TAG: study_id, FAMILY_TAG: family.name, SEED_TAG: seed}
+        tags = {T.ROLE: "final", T.STUDY: study_id, T.FAMILY: family.name, T.SEED: seed}
         found = [r for r in tracker.search_runs(plan.job.experiment, tags) if r.info.status == "FINISHED"]
         if found:
             run_id = found[0].info.run_id
