@@ -110,15 +110,22 @@ def assert_interrupted_record(tmp_path: Path) -> None:
         assert run.info.status == {"interrupted": "KILLED"}.get(state, "FINISHED")
 
 
-@pytest.mark.parametrize("sig, code", [
-    pytest.param(signal.SIGINT, 130, id="SIGINT"),
-    pytest.param(signal.SIGTERM, 143, id="SIGTERM", marks=pytest.mark.slow),
+@pytest.mark.parametrize("sig, code, times", [
+    pytest.param(signal.SIGINT, 130, 1, id="SIGINT"),
+    pytest.param(signal.SIGINT, 130, 2, id="SIGINT-twice", marks=pytest.mark.slow),
+    pytest.param(signal.SIGTERM, 143, 1, id="SIGTERM", marks=pytest.mark.slow),
 ])
-def test_signal_to_the_process_group_then_resume(tmp_path, sig, code):
+def test_signal_to_the_process_group_then_resume(tmp_path, sig, code, times):
     write_job(tmp_path, epochs=EPOCHS, num_trials=3)
     proc = start(tmp_path, "first.log", "search.max_concurrent=1")
     wait_for(tmp_path, proc, "first.log", lambda tr, runs: finished(tr, runs) and len(runs) >= 2)
-    os.killpg(proc.pid, sig)
+    for i in range(times):   # a second Ctrl-C while the search closes its record
+        if i:
+            time.sleep(1.0)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
     rc = proc.wait(timeout=120)
     out = (tmp_path / "first.log").read_text()
     assert rc == code, out[-3000:]
