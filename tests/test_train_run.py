@@ -24,6 +24,7 @@ def only_run(tmp_path):
 @pytest.fixture
 def no_ray(monkeypatch):
     monkeypatch.setattr(train_run, "init_ray", lambda address, **kwargs: False)
+    monkeypatch.setattr(train_run, "check_fits", lambda job, address: None)   # no cluster to ask
 
 
 def test_failure_marks_run_failed_with_error(tmp_path, monkeypatch, no_ray):
