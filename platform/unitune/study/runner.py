@@ -173,6 +173,10 @@ def _search(tracker: Tracker, plan: StudyPlan, family: Family, study_id: str, ad
             result = run_search(job, family.space, address=address, verbose=verbose)
         parent_id = result.parent_run_id
         tracker.set_tags(parent_id, {T.STUDY: study_id, T.FAMILY: family.name})
+        if result.interrupted:   # Ctrl-C / SIGTERM inside the search: the study stops, resumable
+            print("unitune: study interrupted; continue it with  unitune study JOB [same options] --resume",
+                  file=sys.stderr)
+            raise KeyboardInterrupt
     return _outcome(tracker, plan, family, parent_id)
 
 
