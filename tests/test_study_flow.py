@@ -44,7 +44,7 @@ class Fakes:
             tracker.end_run(run)
         tracker.set_tags(parent, {"unitune.state": "completed"})
         tracker.end_run(parent)
-        return SimpleNamespace(parent_run_id=parent, search_id=search_id)
+        return SimpleNamespace(parent_run_id=parent, search_id=search_id, interrupted=False)
 
     def train(self, job):
         self.trains.append(job)
