@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from test_resume import SPACE, steps, trial_runs, write_job
+from test_resume import steps, trial_runs, write_job
 from unitune.tracking import Tracker
 
 EPOCHS = 3

@@ -24,8 +24,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import ray
-import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
