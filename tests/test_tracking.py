@@ -95,3 +95,22 @@ def test_deleted_experiment_is_a_user_error(tracker):
     tracker.client.delete_experiment(exp_id)
     with pytest.raises(UserError, match="'gone'.*deleted"):
         Tracker(tracker.uri).experiment_id("gone")
+
+
+def test_new_experiments_are_marked_as_model_training(tmp_path):
+    from unitune.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    exp_id = tracker.experiment_id("kind")
+    assert tracker.client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_version_flag(capsys):
+    import pytest
+
+    from unitune import __version__
+    from unitune.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["-V"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"unitune {__version__}"

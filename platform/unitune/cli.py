@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unitune",
         description="Hyperparameter search for vision-language retrieval with the unified loss.",
     )
-    parser.add_argument("--version", action="version", version=f"unitune {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"unitune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         child = sub.add_parser(command.name, help=command.help, description=command.help)

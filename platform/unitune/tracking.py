@@ -30,6 +30,7 @@ from unitune.probes import bounded_http, first_line, probe_artifacts, probe_stor
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = "unitune.inf."
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 _BATCH = 100  # MLflow's per-request limit on params and tags (metrics: 1000)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: that URI may hold a
@@ -174,7 +175,10 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             try:
-                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location)
+                # The tag MLflow's UI reads to open the experiment on its runs (model training),
+                # not on the GenAI traces view.
+                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location,
+                                                       tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
             except MlflowException:
                 # Another process created it between our look-up and create.
                 exp = self.client.get_experiment_by_name(name)
