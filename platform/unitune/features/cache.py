@@ -17,6 +17,7 @@ item cannot be randomly augmented).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -109,6 +110,12 @@ class FeatureCache:
     stats: dict = field(default_factory=lambda: {"feature_cache_s": 0.0, "entries_built": 0,
                                                   "entries_reused": 0, "bytes": 0})
 
+    def _build(self, tower: str, model, dataset, k: int, device: torch.device) -> dict[str, torch.Tensor]:
+        if tower == "visual":
+            return build_visual(model, dataset, k, batch_size=self.batch_size, device=device,
+                                num_workers=self.num_workers)
+        return build_text(model, dataset.captions, k, batch_size=self.batch_size, device=device)
+
     def load(self, model, dataset, *, device: torch.device) -> CachedSplit:
         """The split's cached prefixes, built (once, under the entry's lock) when missing
         or invalid. ``dataset`` must use the evaluation transform. Raises UserError when
@@ -118,16 +125,10 @@ class FeatureCache:
         for tower, k in self.split.items():
             if k is None:
                 continue
-            if tower == "visual":
-                key = visual_key(model, dataset, k)
-                build = lambda: build_visual(model, dataset, k, batch_size=self.batch_size, device=device,  # noqa: E731
-                                             num_workers=self.num_workers)
-            else:
-                key = text_key(model, dataset, k)
-                build = lambda: build_text(model, dataset.captions, k, batch_size=self.batch_size,  # noqa: E731
-                                           device=device)
+            key = visual_key(model, dataset, k) if tower == "visual" else text_key(model, dataset, k)
             name = entry_name(key)
-            parts[tower], written = get_or_build(self.directory, name, key, build)
+            parts[tower], written = get_or_build(self.directory, name, key,
+                                                 functools.partial(self._build, tower, model, dataset, k, device))
             self.stats["entries_built" if written else "entries_reused"] += 1
             self.stats["bytes"] += paths(self.directory, name)[0].stat().st_size
         self.stats["feature_cache_s"] += time.perf_counter() - started

@@ -64,7 +64,7 @@ def build_text(model, captions: list[str], k: int, *, batch_size: int,
                 raise ValueError("the feature cache needs right-padded tokens (padding_side='right')")
             lengths.append(length)
             parts.setdefault("hidden", []).extend(
-                row[:n].float().cpu() for row, n in zip(prefix["hidden"], length.tolist()))
+                row[:n].float().cpu() for row, n in zip(prefix["hidden"], length.tolist(), strict=True))
         for name, value in prefix.items():
             if name not in ("hidden", "attention_mask"):
                 parts.setdefault(name, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())

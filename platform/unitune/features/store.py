@@ -22,9 +22,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from unitune.errors import UserError
@@ -62,13 +63,8 @@ def read_entry(directory: Path, name: str, key: dict) -> dict[str, torch.Tensor]
         if len(content) != meta.get("size") or hashlib.sha256(content).hexdigest() != meta.get("sha256"):
             return None
         return load(content)
-    except (OSError, ValueError, json.JSONDecodeError):
-        # safetensors raises its own errors (subclasses of Exception) for a bad header.
+    except (OSError, ValueError, SafetensorError):  # JSONDecodeError is a ValueError
         return None
-    except Exception as exc:  # noqa: BLE001 - a corrupt file of any kind is rebuilt, never used
-        if type(exc).__module__.startswith("safetensors"):
-            return None
-        raise
 
 
 def _replace(tmp: Path, final: Path) -> None:
