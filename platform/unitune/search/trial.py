@@ -150,18 +150,20 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> Non
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**values, **progress(setup, curve)}, checkpoint=ckpt)
 
+    # A trial's checkpoint holds what its resume needs: the trainable state, not the model.
+    kwargs = {"save_final_model": False} if setup.train_fn is None else {}
     if checkpoint is None:
-        train_fn(job, report=report)
+        train_fn(job, report=report, **kwargs)
         return
     with checkpoint.as_directory() as directory:
-        train_fn(job, report=report, resume_from=directory)
+        train_fn(job, report=report, resume_from=directory, **kwargs)
 
 
 def _train_with_torch_trainer(setup: TrialSetup, job: JobSpec, trial_id: str) -> None:
     from unitune.train.run import build_trainer
 
     trainer = build_trainer(job, name=f"{setup.search_id}-{trial_id}", storage_path=setup.storage_path,
-                            callbacks=[progress_report(setup)], evaluate_test=False)
+                            callbacks=[progress_report(setup)], evaluate_test=False, save_model=False)
     trainer.fit()
 
 

@@ -76,15 +76,20 @@ class MlflowCallback(UserCallback):
               f"{report.get('samples_per_s', float('nan')):.1f} samples/s", flush=True)
 
 
-def worker_config(job: JobSpec, *, evaluate_test: bool) -> dict:
+def worker_config(job: JobSpec, *, evaluate_test: bool, save_model: bool = True) -> dict:
     """The ``train_loop_config`` of the trainer: the job as plain data (its paths are
-    absolute already, so workers in their own run directories find the same files)."""
-    return {"job": job.model_dump(mode="json"), "evaluate_test": evaluate_test}
+    absolute already, so workers in their own run directories find the same files); epoch 0
+    (the model before training) is reported first."""
+    return {"job": job.model_dump(mode="json"), "evaluate_test": evaluate_test, "save_model": save_model,
+            "report_epoch_0": True}
 
 
 def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
-                  callbacks: list | None = None, evaluate_test: bool = True) -> TorchTrainer:
-    """One ``TorchTrainer`` with the job's resources, checkpoints and retry budget.
+                  callbacks: list | None = None, evaluate_test: bool = True,
+                  save_model: bool = True) -> TorchTrainer:
+    """One ``TorchTrainer`` with the job's resources, checkpoints and retry budget, for
+    ``unitune train`` and for multi-worker search trials (``save_model=False``: their
+    checkpoints hold the trainable state only).
 
     ``UNITUNE_*`` environment variables of this process are passed on to the workers.
     """
@@ -93,7 +98,7 @@ def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
     env = {k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=worker_config(job, evaluate_test=evaluate_test),
+        train_loop_config=worker_config(job, evaluate_test=evaluate_test, save_model=save_model),
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -152,10 +157,14 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     """
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
     tracker.check(job.ray.address, job.experiment)
+    from unitune import features
+
+    features.check(job)   # cache refusals before Ray starts
     # Ray before the MLflow run: an unreachable cluster leaves no failed run behind.
     started_ray = init_ray(job.ray.address, log_to_driver=True)
     try:
         check_fits(job, job.ray.address)
+        cache = features.prepare(job, splits=("train", "val", "test"))   # once, before the run
     except BaseException:
         if started_ray:
             shutdown_ray()
@@ -165,6 +174,9 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     status = "FAILED"
     try:
         # Params are shown to everyone who opens the run: credentials in URIs masked.
+        if cache["feature_cache_dir"] is not None:
+            tracker.log_metrics(run_id, {"feature_cache_s": cache["feature_cache_s"],
+                                         "feature_cache_bytes": cache["bytes"]}, step=0)
         tracker.log_params(run_id, {k: redact(v) if isinstance(v, str) else v
                                     for k, v in flatten(job.model_dump(mode="json")).items()})
         if job.source is not None:
