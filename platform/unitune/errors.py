@@ -48,6 +48,13 @@ def shorten(text: object, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (a library's error, quoted in a ``UserError``),
+    or its type's name when it has no text."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def redact_log_records() -> None:
     """From now on every log record of this process (MLflow's, Ray's, urllib3's...) carries
     its message with ``redact`` applied, whichever handler prints it. Idempotent."""

@@ -1,4 +1,5 @@
-"""``unitune submit|status|logs|stop``: run a search on a Ray cluster via the Ray Jobs API.
+"""Running a search on a Ray cluster via the Ray Jobs API: what ``unitune submit`` sends
+and the client that ``submit``, ``status``, ``logs`` and ``stop`` (``unitune.commands``) use.
 
 ``submit`` uploads the project directory (job files, search spaces) as the job's
 ``working_dir`` and runs ``python -m unitune search JOB`` there, on the cluster's head
@@ -18,7 +19,6 @@ Ray is imported only when a command runs, so ``unitune --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shlex
 import sys
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitune.errors import UserError
+from unitune.errors import UserError, first_line
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0  # one request, no retries: an unreachable cluster fails in seconds
@@ -47,105 +47,16 @@ class Submission:
 
 # ---- arguments -------------------------------------------------------------------------
 
-def _add_address(parser: argparse.ArgumentParser) -> None:
+def add_address_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", metavar="URL",
                         help="the Ray dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
                              f"RAY_ADDRESS, or {DEFAULT_ADDRESS})")
 
 
-def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    from unitune.cli import add_job_arguments
-
-    parser.epilog = ("The search runs as `python -m unitune search JOB` on the cluster's head node, "
-                     "so the cluster's Python must have unitune installed.")
-    add_job_arguments(parser)
-    _add_address(parser)
-    parser.add_argument("--python", metavar="CMD",
-                        help="the cluster's Python that has unitune installed (default: this "
-                             "Python for a cluster on this machine, else `python`)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the newest interrupted search of this job and space (needs "
-                             "search.storage that outlives the job, unless the cluster runs on this machine)")
-    parser.add_argument("--allow-local-store", action="store_true",
-                        help="submit to a remote cluster although tracking.uri is a local sqlite/file "
-                             "store (only when the cluster sees the same path, e.g. a shared disk)")
-
-
 def add_job_id_arguments(parser: argparse.ArgumentParser) -> None:
+    """``JOB_ID [--address URL]``: the arguments of ``status``, ``logs`` and ``stop``."""
     parser.add_argument("job_id", metavar="JOB_ID", help="the id printed by `unitune submit`")
-    _add_address(parser)
-
-
-def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
-    add_job_id_arguments(parser)
-    parser.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
-
-
-# ---- commands --------------------------------------------------------------------------
-
-def run_submit(args: argparse.Namespace) -> int:
-    """Validate the job here, submit it, print the job id and the dashboard URL."""
-    from unitune.cli import load_job_from_args
-
-    job = load_job_from_args(args)
-    if job.search.space is None:
-        raise UserError(f"{args.job}: search.space: not set; pass --space FILE")
-    address = resolve_address(args.address)
-    submission = plan_submission(job, Path(args.job), args.overrides, address=address,
-                                 python=args.python, allow_local_store=args.allow_local_store,
-                                 resume=args.resume)
-    client = connect(address)
-    try:
-        job_id = client.submit_job(entrypoint=submission.entrypoint,
-                                   runtime_env=submission.runtime_env, metadata=submission.metadata)
-    except Exception as exc:  # Ray raises RuntimeError/ValueError with the server's reason
-        raise UserError(f"Ray cluster {address} rejected the job: {_first_line(exc)}") from None
-    print(f"submitted {job_id} to {address}")
-    print(f"  entrypoint: {submission.entrypoint}")
-    print(f"  working_dir: {submission.runtime_env['working_dir']}")
-    print(f"  dashboard: {address}/#/jobs/{job_id}")
-    print(f"  follow it: unitune logs {job_id} --follow --address {address}")
-    return 0
-
-
-def run_status(args: argparse.Namespace) -> int:
-    """Print the job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and message."""
-    address = resolve_address(args.address)
-    info = _job_info(connect(address), args.job_id, address)
-    print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
-    return 0
-
-
-def run_logs(args: argparse.Namespace) -> int:
-    """Print the job's logs so far; with ``--follow``, stream them until the job ends."""
-    address = resolve_address(args.address)
-    client = connect(address)
-    _job_info(client, args.job_id, address)  # a clear error for an unknown id
-    if not args.follow:
-        print(client.get_job_logs(args.job_id), end="", flush=True)
-        return 0
-
-    async def follow() -> None:
-        async for chunk in client.tail_job_logs(args.job_id):
-            print(chunk, end="", flush=True)
-
-    try:
-        asyncio.run(follow())
-    except RuntimeError as exc:
-        raise UserError(f"lost the log stream of {args.job_id} at {address}: {_first_line(exc)}") from None
-    return 0
-
-
-def run_stop(args: argparse.Namespace) -> int:
-    """Ask the cluster to stop the job (its trials end; logged MLflow runs stay)."""
-    address = resolve_address(args.address)
-    client = connect(address)
-    info = _job_info(client, args.job_id, address)
-    if client.stop_job(args.job_id):
-        print(f"{args.job_id}: stop requested")
-    else:
-        print(f"{args.job_id}: already {info.status}")
-    return 0
+    add_address_argument(parser)
 
 
 # ---- pieces ----------------------------------------------------------------------------
@@ -235,7 +146,7 @@ def connect(address: str):
         try:
             return JobSubmissionClient(address, headers=headers)
         except Exception as exc:  # ConnectionError, RuntimeError (version), AuthenticationError
-            raise UserError(f"Ray dashboard at {address}: {_first_line(exc)}") from None
+            raise UserError(f"Ray dashboard at {address}: {first_line(exc)}") from None
 
 
 def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
@@ -258,6 +169,7 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
             ``resume`` of a search on a remote cluster without ``search.storage``.
     """
     from unitune.config import is_local_store, is_remote_address
+    from unitune.tracking import resolve_uri
 
     remote = is_remote_address(address)
     uri = job.tracking.uri
@@ -270,9 +182,7 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
     working_dir = _working_dir(job_file, space_file)
     job_overrides = ["ray.address=auto"]  # the driver joins the cluster it runs on
     if is_local_store(uri):
-        from unitune.ui import absolute_store_uri
-
-        job_overrides.append(f"tracking.uri={absolute_store_uri(uri)}")
+        job_overrides.append(f"tracking.uri={resolve_uri(uri)}")
         location = job.tracking.artifact_location
         if location is not None and "://" not in location:
             job_overrides.append(f"tracking.artifact_location={Path(location).resolve()}")
@@ -322,18 +232,13 @@ def _working_dir(job_file: Path, space_file: Path) -> Path:
     return common
 
 
-def _job_info(client, job_id: str, address: str):
+def job_info(client, job_id: str, address: str):
     try:
         return client.get_job_info(job_id)
     except RuntimeError as exc:
         if "404" in str(exc) or "does not exist" in str(exc):
             raise UserError(f"no job {job_id!r} on the Ray cluster at {address}") from None
-        raise UserError(f"Ray dashboard at {address}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"Ray dashboard at {address}: {first_line(exc)}") from None
 
 
 @contextmanager

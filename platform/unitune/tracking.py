@@ -1,4 +1,6 @@
-"""Every MLflow call of unitune: a thin layer over ``mlflow.MlflowClient``.
+"""Every MLflow call of unitune: a thin layer over ``mlflow.MlflowClient``, and the rules
+of store URIs (:func:`resolve_uri`, :func:`is_local_store`). MLflow is imported on first
+use, so the URI rules are light to import (config, submit and the UI use them).
 
 Runs are addressed by explicit run ids; nothing here touches MLflow's global
 "active run" state, so a driver and many trial processes can log to the same store.
@@ -17,15 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
 from unitune.locks import file_lock
 from unitune.errors import UserError, mask_uri, redact_log_records
 from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = "unitune.inf."
@@ -110,6 +112,8 @@ class Tracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            from mlflow import MlflowClient
+
             lock = sqlite_lock(self.uri)
             if lock is None:
                 self._client = MlflowClient(tracking_uri=self.uri)
@@ -174,6 +178,8 @@ class Tracker:
             return self._experiments[name]
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
+            from mlflow.exceptions import MlflowException
+
             try:
                 # The tag MLflow's UI reads to open the experiment on its runs (model training),
                 # not on the GenAI traces view.
@@ -224,6 +230,8 @@ class Tracker:
 
     def log_params(self, run_id: str, params: dict) -> None:
         """Log params (values become strings). Re-logging an identical value is allowed."""
+        from mlflow.entities import Param
+
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=items[i:i + _BATCH])
@@ -234,6 +242,8 @@ class Tracker:
         Raises:
             TypeError/ValueError: a value is not convertible to float.
         """
+        from mlflow.entities import Metric, RunTag
+
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in metrics.items()}
         items = [Metric(k, v, now, int(step)) for k, v in values.items()]
@@ -269,6 +279,8 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         """Set (or overwrite) tags; values become strings."""
+        from mlflow.entities import RunTag
+
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, tags=items[i:i + _BATCH])
@@ -293,6 +305,8 @@ class Tracker:
 
     def read_text(self, run_id: str, artifact_file: str) -> str | None:
         """The text of one artifact file of a run, or None when the run has no such file."""
+        from mlflow.exceptions import MlflowException
+
         with tempfile.TemporaryDirectory(prefix="unitune-artifact-") as tmp:
             try:
                 local = self.client.download_artifacts(run_id, artifact_file, tmp)

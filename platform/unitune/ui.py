@@ -82,7 +82,9 @@ def store_of(job_path: str | None) -> tuple[str, str | None]:
         job = load_job(job_path)
         uri, artifacts = job.tracking.uri, job.tracking.artifact_location
         where = f"{job_path}: tracking.uri {uri}"
-    uri = absolute_store_uri(uri)
+    from unitune.tracking import resolve_uri
+
+    uri = resolve_uri(uri)
     db = _sqlite_path(uri)
     if db is not None and not db.exists():
         raise UserError(f"{where}: no MLflow store at {db} (run a search from this directory first)")
@@ -149,20 +151,6 @@ def stop_ui(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 def ui_url(host: str, port: int) -> str:
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
-
-
-def absolute_store_uri(uri: str) -> str:
-    """A local store's URI with its path made absolute against the current directory:
-    ``sqlite:///rel.db`` -> ``sqlite:////cwd/rel.db``, ``path`` -> ``file:///cwd/path``;
-    other URIs (http, postgresql, ...) are returned unchanged."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    scheme = urlparse(uri).scheme
-    if scheme == "":
-        return Path(uri).resolve().as_uri()
-    if scheme == "file":
-        return Path(urlparse(uri).path).resolve().as_uri()
-    return uri
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -1,6 +1,6 @@
 """``unitune search JOB [--space FILE] [--address ADDR] [--warm-start ID] [--resume] [overrides]``.
 
-Light at import (the CLI imports it to build its parser); Ray, Optuna and MLflow are
+Light at import (the CLI imports it to build its parser; it never imports the CLI); Ray, Optuna and MLflow are
 imported when the command runs.
 """
 
@@ -10,10 +10,10 @@ import argparse
 import shlex
 import sys
 
+from unitune.commands.jobargs import add_job_arguments, load_job_from_args, load_space_for
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from unitune.cli import add_job_arguments
-
     add_job_arguments(parser)
     parser.add_argument("--address", metavar="ADDR",
                         help="Ray address (default: the job's ray.address; none: a local Ray on 127.0.0.1)")
@@ -27,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the search, print its summary; 0 when at least one trial reported."""
-    from unitune.cli import load_job_from_args, load_space_for
     from unitune.config import require_inputs, space_warnings
     from unitune.errors import UserError, redact
 
