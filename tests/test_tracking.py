@@ -4,7 +4,8 @@ import sys
 import pytest
 
 from unitune.errors import UserError
-from unitune.tracking import Tracker, is_remote_ray_address, resolve_uri
+from unitune.cluster import is_remote_address as is_remote_ray_address
+from unitune.tracking import Tracker, resolve_uri
 
 
 @pytest.fixture(scope="module")

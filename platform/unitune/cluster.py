@@ -14,13 +14,24 @@ No address: a private Ray for this run only, closed to everyone else:
 An address: that cluster, with Ray's own token handling (``RAY_AUTH_TOKEN`` or
 ``~/.ray/auth_token``), after a quick TCP check, since ``ray.init`` itself retries an
 unreachable address for a minute or more.
+
+Local or remote (:func:`is_remote_address`, the one rule for every address unitune is given:
+``ray.address``, ``--address``, a dashboard URL): an address is *local* when the processes
+behind it run on this machine, so they can open this machine's files (a sqlite or file
+MLflow store). No address, ``local`` and ``auto`` (the cluster ``ray start`` began here) are
+local; so is a loopback host (``127.0.0.0/8``, ``::1``, ``localhost`` in any case) and an
+unspecified bind address (``0.0.0.0``, ``::``), whatever the scheme (``ray://``, ``http://``)
+or port. Any other host is remote, a LAN name or this machine's own name included: a name
+is never resolved, and counting it remote errs on the side of refusing a local store.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
+from urllib.parse import urlparse
 
 from unitune.errors import UserError
 
@@ -30,6 +41,35 @@ LOOPBACK = "127.0.0.1"
 _PRIVATE_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
                 "RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _saved_env: dict[str, str | None] | None = None
+LOCAL_ADDRESSES = (None, "", "local", "auto")
+
+
+def address_host(address: str) -> str | None:
+    """The host of a Ray address, lower-case, IPv6 without brackets: ``ray://H:10001``,
+    ``H:6379``, ``http://H:8265``, ``[::1]:6379``, a bare ``::1``; ``None`` if it has none."""
+    netloc = address.split("://", 1)[1] if "://" in address else address
+    netloc = netloc.split("/", 1)[0].rsplit("@", 1)[-1]
+    try:
+        return str(ipaddress.ip_address(netloc.strip("[]")))  # a bare IP (IPv6 without a port)
+    except ValueError:
+        return urlparse(f"//{netloc}").hostname
+
+
+def is_remote_address(address: str | None) -> bool:
+    """True when the Ray cluster (or dashboard) at ``address`` may run on other machines than
+    this one; the rule is in the module docstring."""
+    if address in LOCAL_ADDRESSES:
+        return False
+    host = address_host(address)
+    if host is None:
+        return True
+    if host == "localhost":
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a name: not resolved
+    return not (ip.is_loopback or ip.is_unspecified)
 
 
 def init_ray(address: str | None, *, log_to_driver: bool = False) -> bool:
@@ -119,7 +159,7 @@ def check_reachable(address: str | None) -> None:
     Raises:
         UserError: the port cannot be connected to (names the address).
     """
-    if address in (None, "", "local", "auto"):
+    if address in LOCAL_ADDRESSES:
         return
     netloc = address.split("://", 1)[1] if "://" in address else address
     host, _, port = netloc.rpartition(":")

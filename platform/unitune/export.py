@@ -25,14 +25,13 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import yaml
 
 from unitune import tags as T
 from unitune.errors import UserError
+from unitune.tracking import DEFAULT_STORE, local_store_path
 
-DEFAULT_STORE = "sqlite:///mlruns.db"
 FINISHED_STATES = ("completed", "stopped_by_asha")
 
 
@@ -117,12 +116,8 @@ def _store(args: argparse.Namespace) -> tuple[str, str | None]:
     else:
         uri, experiment = args.store or DEFAULT_STORE, None
         what = "--store" if args.store else "the default store (give --job JOB or --store URI)"
-    from unitune.tracking import resolve_uri
-
-    resolved = resolve_uri(uri)
-    parsed = urlparse(resolved)
-    path = resolved[len("sqlite:///"):] if parsed.scheme == "sqlite" else parsed.path
-    if parsed.scheme in ("sqlite", "file") and not Path(path).exists():
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
         raise UserError(f"{what}: no MLflow store at {path}")
     return uri, experiment
 

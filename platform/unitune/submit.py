@@ -168,8 +168,8 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
         UserError: a local MLflow store with a remote cluster (unless ``allow_local_store``);
             ``resume`` of a search on a remote cluster without ``search.storage``.
     """
-    from unitune.config import is_local_store, is_remote_address
-    from unitune.tracking import resolve_uri
+    from unitune.cluster import is_remote_address
+    from unitune.tracking import is_local_store, resolve_uri
 
     remote = is_remote_address(address)
     uri = job.tracking.uri

@@ -22,19 +22,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from unitune.locks import file_lock
+from unitune.cluster import is_remote_address
 from unitune.errors import UserError, mask_uri, redact_log_records
+from unitune.locks import file_lock
 from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+DEFAULT_STORE = "sqlite:///mlruns.db"  # tracking.uri of a job that names none (the demo's store)
+DEFAULT_ARTIFACTS = "mlartifacts"      # its tracking.artifact_location
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = "unitune.inf."
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 _BATCH = 100  # MLflow's per-request limit on params and tags (metrics: 1000)
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: that URI may hold a
 # password, and unitune prints its own (masked) run link.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -62,23 +64,22 @@ def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
 
 
 def is_local_store(uri: str) -> bool:
-    """True for stores only this machine can open: sqlite databases and file paths."""
+    """True for stores kept in this machine's files, which a remote Ray cluster's workers
+    cannot open: sqlite databases, ``file:`` URIs and plain paths (a one-letter scheme is a
+    Windows drive). A database or MLflow server (``postgresql://``, ``http(s)://``) is not,
+    whatever its host."""
     scheme = urlparse(uri).scheme
-    return scheme in ("", "file", "sqlite")
+    return scheme in ("", "file", "sqlite") or len(scheme) == 1
 
 
-def is_remote_ray_address(address: str | None) -> bool:
-    """True when Ray workers may live on other machines than this process.
-
-    ``None``/``"local"`` (an embedded cluster) and ``"auto"`` or a loopback host (a
-    cluster started on this machine) count as local; ``ray://host:port`` or
-    ``host:port`` with another host count as remote.
-    """
-    if address in (None, "", "local", "auto"):
-        return False
-    netloc = address.split("://", 1)[1] if "://" in address else address
-    host = netloc.rsplit(":", 1)[0].strip("[]") if ":" in netloc else netloc
-    return host not in _LOCAL_HOSTS
+def local_store_path(uri: str) -> Path | None:
+    """The database file or folder of a local store (:func:`is_local_store`) with its path made
+    absolute (:func:`resolve_uri`); ``None`` for a server URI or an in-memory sqlite database."""
+    resolved = resolve_uri(uri)
+    if resolved.startswith("sqlite:///"):
+        path = resolved[len("sqlite:///"):]
+        return None if path.startswith(":memory:") else Path(path)
+    return Path(urlparse(resolved).path) if is_local_store(resolved) else None
 
 
 def sqlite_lock(url: str) -> Path | None:
@@ -146,7 +147,7 @@ class Tracker:
                 the path or URI (masked) and the reason.
         """
         shown = mask_uri(self.uri)
-        if ray_address is not None and is_local_store(self.uri) and is_remote_ray_address(ray_address):
+        if ray_address is not None and is_local_store(self.uri) and is_remote_address(ray_address):
             raise UserError(
                 f"tracking.uri {shown!r} is a local sqlite/file store, but ray.address "
                 f"{mask_uri(ray_address)!r} is a remote cluster whose workers cannot write to it; "

@@ -22,9 +22,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from unitune.errors import UserError
+from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, local_store_path, resolve_uri
 
-DEFAULT_URI = "sqlite:///mlruns.db"  # the demo job's store (TrackingSpec's default)
-DEFAULT_ARTIFACTS = "mlartifacts"
 START_TIMEOUT_S = 120.0
 
 # MLflow's server starts Huey consumers for server-side jobs (GenAI scorers, trace
@@ -34,7 +33,7 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs="?", help="job YAML whose tracking store to browse "
-                        f"(default: the demo store {DEFAULT_URI} in the current directory)")
+                        f"(default: the demo store {DEFAULT_STORE} in the current directory)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -74,18 +73,16 @@ def store_of(job_path: str | None) -> tuple[str, str | None]:
         UserError: the job file is invalid, or its local store does not exist yet.
     """
     if job_path is None:
-        uri, artifacts = DEFAULT_URI, DEFAULT_ARTIFACTS
-        where = f"the demo store {DEFAULT_URI}"
+        uri, artifacts = DEFAULT_STORE, DEFAULT_ARTIFACTS
+        where = f"the demo store {DEFAULT_STORE}"
     else:
         from unitune.config import load_job
 
         job = load_job(job_path)
         uri, artifacts = job.tracking.uri, job.tracking.artifact_location
         where = f"{job_path}: tracking.uri {uri}"
-    from unitune.tracking import resolve_uri
-
     uri = resolve_uri(uri)
-    db = _sqlite_path(uri)
+    db = local_store_path(uri) if uri.startswith("sqlite:") else None
     if db is not None and not db.exists():
         raise UserError(f"{where}: no MLflow store at {db} (run a search from this directory first)")
     if artifacts is not None and "://" not in artifacts:
@@ -151,10 +148,6 @@ def stop_ui(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 def ui_url(host: str, port: int) -> str:
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def _port_free(host: str, port: int) -> bool:

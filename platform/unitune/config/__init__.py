@@ -4,13 +4,14 @@
     load_space(path, job=None) -> SearchSpaceSpec  missing_inputs(job) / require_inputs(job)
     space_warnings(space) -> [message]
 
-Imports nothing above it (no torch, Ray or MLflow), so every layer may read it.
+Imports no torch, Ray or MLflow, so every layer may read it; the local/remote rules it checks
+jobs with are ``unitune.cluster.is_remote_address`` and ``unitune.tracking.is_local_store``.
 """
 
 from unitune.config.job import (
     DATA_FORMATS, MINING_MODES, MODEL_NAMES, DataSpec, FreezeSpec, JobSpec, LossSpec, ModelSpec,
     OptimSpec, RaySpec, ResourcesSpec, SearchRef, SplitsSpec, StudySpec, SyntheticSpec, TrackingSpec,
-    TrainSpec, is_local_store, is_remote_address,
+    TrainSpec,
 )
 from unitune.config.loading import (
     apply_overrides, expand_env, load_job, missing_inputs, parse_override, read_yaml, require_inputs,
@@ -25,6 +26,6 @@ __all__ = [
     "AshaSpec", "DataSpec", "FreezeSpec", "JobSpec", "LossSpec", "ModelSpec", "ObjectiveSpec",
     "OptimSpec", "ParamSpec", "RaySpec", "ResourcesSpec", "SearchRef", "SearchSpaceSpec",
     "SplitsSpec", "StudySpec", "SyntheticSpec", "TrackingSpec", "TrainSpec",
-    "apply_overrides", "expand_env", "is_local_store", "is_remote_address", "load_job",
+    "apply_overrides", "expand_env", "load_job",
     "load_space", "missing_inputs", "parse_override", "read_yaml", "require_inputs", "space_warnings",
 ]

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
 from pydantic import NonNegativeInt, field_validator, model_validator
 
+from unitune.cluster import is_remote_address
 from unitune.errors import mask_uri, shorten
+from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, is_local_store
 
 DATA_FORMATS = ("synthetic", "karpathy", "msrvtt", "manifest")
 MODEL_NAMES = ("tiny", "clip", "two_tower")
 MINING_MODES = ("all", "hardest", "topk")
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TINY_PRESETS = ("tiny-s", "tiny-m")  # names of ``unitune.models.tiny.TINY_PRESETS`` (a test keeps them equal)
 PREFLIGHT_MODES = ("full", "sample", "off")
 
@@ -258,8 +258,8 @@ class TrackingSpec(Spec):
     of the search trial a job was exported from (``unitune export``); ``unitune train`` tags
     its run with it (``unitune.source_run``)."""
 
-    uri: str = "sqlite:///mlruns.db"
-    artifact_location: str | None = "mlartifacts"
+    uri: str = DEFAULT_STORE
+    artifact_location: str | None = DEFAULT_ARTIFACTS
     experiment: str | None = None
     source_run: str | None = None
 
@@ -288,20 +288,6 @@ class StudySpec(Spec):
     seeds: PositiveInt = 3
     metric: str | None = None
     final_epochs: PositiveInt | None = None
-
-
-def is_remote_address(address: str | None) -> bool:
-    """True when a Ray address points at another machine (``ray://host`` or ``host:port``)."""
-    if address is None or address in ("auto", "local"):
-        return False
-    parsed = urlparse(address if "://" in address else f"//{address}")
-    return parsed.hostname not in LOCAL_HOSTS
-
-
-def is_local_store(uri: str) -> bool:
-    """True for MLflow stores that only this machine can reach (sqlite, file, plain paths)."""
-    scheme = urlparse(uri).scheme
-    return scheme in ("", "file", "sqlite") or len(scheme) == 1  # 1 letter: a Windows drive
 
 
 class JobSpec(Spec):
