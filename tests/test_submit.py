@@ -144,8 +144,10 @@ def test_plan_runs_search_in_the_uploaded_project(no_token, tmp_path, monkeypatc
     assert f"tracking.uri=sqlite:///{tmp_path.resolve()}/mlruns.db" in argv
     assert f"tracking.artifact_location={tmp_path.resolve()}/mlartifacts" in argv
     env = plan.runtime_env
-    assert env["working_dir"] == str(tmp_path.resolve())
-    assert {".venv", ".git", "mlruns.db", "mlartifacts", ".unitune"} <= set(env["excludes"])
+    # Only what the run reads travels (synthetic data: the job and its space).
+    assert plan.project == tmp_path.resolve()
+    assert plan.files == ["jobs/j.yaml", "spaces/s.yaml"]
+    assert "working_dir" not in env and "excludes" not in env
     assert env["env_vars"]["UT_TEST_NAME"] == "envname"
     assert env["env_vars"]["UNITUNE_SOMETHING"] == "1"
     assert env["env_vars"]["MLFLOW_TRACKING_TOKEN"] == "t"
@@ -289,6 +291,69 @@ FAKE_PYTHON_CODE = ("import os, sys; from unitune.cli import main; print('cwd', 
                     "print('argv', sys.argv[1:]); sys.exit(main(['validate', *sys.argv[4:]]))")
 
 
+def _project(tmp_path: Path) -> tuple[Path, JobSpec]:
+    """A project: job, space, data inside it, and what a run does not read (a virtualenv,
+    stores, notes); the demo job pointed at the data directory and a local checkpoint."""
+    root = tmp_path / "proj"
+    for rel, size in [("jobs/j.yaml", 10), ("spaces/s.yaml", 10), ("data/ann.jsonl", 10),
+                      ("data/images/a.png", 10), ("data/images/sub/b.png", 10), ("data/videos/c.mp4", 10),
+                      ("models/ckpt/weights.bin", 10), (".venv/lib/big.so", 150_000), ("mlruns.db", 10),
+                      ("notes.txt", 10), (".git/objects/x", 10)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x" * size)
+    (tmp_path / "outside.png").write_bytes(b"x")
+    job = load_job(DEMO)
+    job = job.model_copy(update={
+        "data": job.data.model_copy(update={"root": str(root / "data"), "annotations": str(root / "data/ann.jsonl")}),
+        "model": job.model.model_copy(update={"checkpoint": str(root / "models/ckpt")})})
+    return root, job
+
+
+def test_upload_files_are_the_job_its_space_and_what_they_reference(tmp_path):
+    root, job = _project(tmp_path)
+    files = submit.upload_files(job, root / "jobs/j.yaml", root / "spaces/s.yaml", root)
+    assert files == ["data/ann.jsonl", "data/images/a.png", "data/images/sub/b.png", "data/videos/c.mp4",
+                     "jobs/j.yaml", "models/ckpt/weights.bin", "spaces/s.yaml"]
+
+
+def test_upload_files_honour_excludes_but_always_send_the_job_and_space(tmp_path):
+    root, job = _project(tmp_path)
+    args = (job, root / "jobs/j.yaml", root / "spaces/s.yaml", root)
+    assert submit.upload_files(*args, excludes=["*.mp4", "data/images", "*.yaml", "ckpt"]) == [
+        "data/ann.jsonl", "jobs/j.yaml", "spaces/s.yaml"]
+    assert submit.upload_files(*args, excludes=["videos/"]) == [
+        "data/ann.jsonl", "data/images/a.png", "data/images/sub/b.png", "jobs/j.yaml",
+        "models/ckpt/weights.bin", "spaces/s.yaml"]
+
+
+def test_upload_files_leave_out_data_outside_the_project_and_unset_variables(tmp_path):
+    root, job = _project(tmp_path)
+    outside = job.model_copy(update={"data": job.data.model_copy(update={
+        "root": "${SOME_DATA_ROOT}", "annotations": str(tmp_path / "outside.png")})})
+    assert submit.upload_files(outside, root / "jobs/j.yaml", root / "spaces/s.yaml", root) == [
+        "jobs/j.yaml", "models/ckpt/weights.bin", "spaces/s.yaml"]
+
+
+def test_stage_copies_only_the_selected_files(tmp_path):
+    root, job = _project(tmp_path)
+    plan = submit.Submission("true", {"env_vars": {}}, {}, root, ["data/images/sub/b.png", "jobs/j.yaml"])
+    env = submit.stage(plan, tmp_path / "staged")
+    assert env == {"env_vars": {}, "working_dir": str(tmp_path / "staged")}
+    got = sorted(str(p.relative_to(tmp_path / "staged")) for p in (tmp_path / "staged").rglob("*") if p.is_file())
+    assert got == ["data/images/sub/b.png", "jobs/j.yaml"]
+
+
+def test_an_upload_over_the_dashboard_limit_is_explained_in_one_line(tmp_path):
+    root, job = _project(tmp_path)
+    plan = submit.Submission("true", {}, {}, root, [".venv/lib/big.so", "jobs/j.yaml"])
+    exc = RuntimeError("Request failed with status code 413: Maximum request body size 104857600 exceeded.")
+    text = submit.upload_error(exc, plan, "http://h:8265")
+    assert "\n" not in text and "2 files" in text and "largest: .venv/lib/big.so" in text
+    assert "--exclude" in text and "100 MiB" in text
+    other = submit.upload_error(RuntimeError("boom\nmore"), plan, "http://h:8265")
+    assert other == "Ray cluster http://h:8265 rejected the job: boom"
+
+
 @pytest.mark.slow
 def test_submit_uploads_the_project_and_runs_unitune_there(ray_cluster, tmp_path, monkeypatch, capsys):
     (tmp_path / "jobs").mkdir()
@@ -297,6 +362,7 @@ def test_submit_uploads_the_project_and_runs_unitune_there(ray_cluster, tmp_path
     (tmp_path / "search_spaces" / "unified.yaml").write_text((ROOT / "search_spaces" / "unified.yaml").read_text())
     (tmp_path / ".venv").mkdir()
     (tmp_path / ".venv" / "big").write_bytes(b"0" * 1024)  # excluded from the upload
+    (tmp_path / "notes.txt").write_text("not read by the run")  # neither
     monkeypatch.chdir(tmp_path)
     python = f"{sys.executable} -c {shlex.quote(FAKE_PYTHON_CODE)}"
     assert cli.main(["submit", "jobs/demo.yaml", "--address", ray_cluster, "--python", python,
@@ -308,7 +374,8 @@ def test_submit_uploads_the_project_and_runs_unitune_there(ray_cluster, tmp_path
     logs = submit.connect(ray_cluster).get_job_logs(job_id)
     cwd = Path(logs.split("cwd ", 1)[1].splitlines()[0])
     assert cwd != tmp_path and (cwd / "jobs" / "demo.yaml").is_file()  # Ray's copy of the project
-    assert not (cwd / ".venv").exists()
+    assert not (cwd / ".venv").exists() and not (cwd / "notes.txt").exists()
+    assert "uploaded from" in out and "2 files" in out
     assert "'search', 'jobs/demo.yaml', '--space', 'search_spaces/unified.yaml'" in logs
     assert "train:     2 epochs" in logs and "OK" in logs
     assert f"tracking:  sqlite:///{tmp_path.resolve()}/mlruns.db" in logs  # this directory's store

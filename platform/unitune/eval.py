@@ -36,10 +36,9 @@ from typing import Callable, Sequence
 
 import torch
 
-METRIC_KEYS = (
-    "r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum",
-    "medr_i2t", "meanr_i2t", "medr_t2i", "meanr_t2i",
-)
+from unitune.choices import RETRIEVAL_METRIC_KEYS
+
+METRIC_KEYS = RETRIEVAL_METRIC_KEYS  # what retrieval_metrics returns, in its order
 DEFAULT_CHUNK_SIZE = 512
 RECALL_KS = (1, 5, 10)
 

@@ -14,11 +14,11 @@ import argparse
 import math
 import tempfile
 
+from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.errors import UserError
 
 SPLITS = ("train", "val", "test")
-ROWS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum",
-        "medr_i2t", "meanr_i2t", "medr_t2i", "meanr_t2i")
+ROWS = RETRIEVAL_METRIC_KEYS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,9 +30,9 @@ import yaml
 
 from unitune import tags as T
 from unitune.errors import UserError
-from unitune.tracking import DEFAULT_STORE, local_store_path
+from unitune.tags import FINISHED_STATES
+from unitune.tracking import DEFAULT_STORE, local_store_path, param_value, tag_filter
 
-FINISHED_STATES = ("completed", "stopped_by_asha")
 
 
 @dataclass
@@ -161,10 +161,10 @@ def find_search(tracker, search: str | None, experiment: str | None):
         if run is not None and run.data.tags.get(T.ROLE) == "search":
             return run, None
         if run is not None and run.data.tags.get(T.ROLE) == "trial":
-            return client.get_run(run.data.tags["mlflow.parentRunId"]), run.info.run_id
+            return client.get_run(run.data.tags[T.PARENT]), run.info.run_id
         if run is not None:
             raise UserError(f"run {search} is not a unitune search or trial run")
-        parents = _searches(client, exp_ids, f" and tags.`{T.SEARCH}` = '{_quote(search)}'")
+        parents = _searches(client, exp_ids, {T.SEARCH: search})
         if len({p.info.experiment_id for p in parents}) > 1:
             raise UserError(f"search id {search!r} is ambiguous: it names searches in experiments "
                             f"{_experiment_names(client, parents)}; give the parent run id")
@@ -185,19 +185,15 @@ def find_search(tracker, search: str | None, experiment: str | None):
     return parents[0], None
 
 
-def _searches(client, exp_ids: list[str], extra: str = "") -> list:
-    """Parent runs of searches in ``exp_ids``, newest first."""
-    return list(client.search_runs(exp_ids, filter_string=f"tags.`{T.ROLE}` = 'search'{extra}",
+def _searches(client, exp_ids: list[str], tags: dict | None = None) -> list:
+    """Parent runs of searches in ``exp_ids`` (with ``tags``), newest first."""
+    return list(client.search_runs(exp_ids, filter_string=tag_filter({T.ROLE: "search", **(tags or {})}),
                                    order_by=["attributes.start_time DESC"], max_results=1000))
 
 
 def _experiment_names(client, runs) -> str:
     ids = sorted({r.info.experiment_id for r in runs})
     return ", ".join(client.get_experiment(i).name for i in ids)
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list[Trial]:
@@ -214,7 +210,7 @@ def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list
 
     runs = tracker.client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`{T.SEARCH}` = '{_quote(search_id)}' and tags.`{T.ROLE}` = 'trial'",
+        filter_string=tag_filter({T.SEARCH: search_id, T.ROLE: "trial"}),
         order_by=["attributes.start_time ASC"], max_results=10000)
     trials, states = [], {}
     for run in runs:
@@ -232,7 +228,7 @@ def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list
             elif name in final and not math.isnan(final[name]):
                 values[name] = final[name]
         trials.append(Trial(run.data.tags.get(T.TRIAL, run.info.run_id), run.info.run_id, state,
-                            {k: _coerce(v) for k, v in run.data.params.items()}, values))
+                            {k: param_value(v) for k, v in run.data.params.items()}, values))
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trial runs"
         raise UserError(f"search {search_id} has no finished trial yet ({seen})")
@@ -297,9 +293,3 @@ def final_job(base: dict, trial: Trial):
     return apply_overrides(job, {"train.epochs": job.train.final_epochs, "tracking.source_run": trial.run_id})
 
 
-def _coerce(text: str):
-    """MLflow params are strings: back to the YAML scalar they were."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text

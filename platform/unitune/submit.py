@@ -1,7 +1,8 @@
 """Running a search on a Ray cluster via the Ray Jobs API: what ``unitune submit`` sends
 and the client that ``submit``, ``status``, ``logs`` and ``stop`` (``unitune.commands``) use.
 
-``submit`` uploads the project directory (job files, search spaces) as the job's
+``submit`` uploads what the search reads (the job file, its search space, and the data and
+model files the job names inside the project directory; :func:`upload_files`) as the job's
 ``working_dir`` and runs ``python -m unitune search JOB`` there, on the cluster's head
 node. The cluster's Python must have unitune installed (``pip install unitune`` in its
 image); for a cluster started on this machine, this machine's Python is used.
@@ -19,8 +20,10 @@ Ray is imported only when a command runs, so ``unitune --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shlex
+import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,19 +33,22 @@ from unitune.errors import UserError, first_line
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0  # one request, no retries: an unreachable cluster fails in seconds
-# Never uploaded: the environment, caches, local stores (the job gets absolute store paths).
-EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.egg-info", ".pytest_cache", ".unitune",
-            "mlruns", "mlruns.db", "mlartifacts", "optuna.db", "*.db.lock", "exported"]
+# The dashboard refuses a larger request (HTTP 413): Ray's DASHBOARD_CLIENT_MAX_SIZE.
+UPLOAD_LIMIT = 100 * 2**20
 FORWARDED_PREFIXES = ("UNITUNE_", "MLFLOW_")  # MLflow credentials, unitune settings
 
 
 @dataclass(frozen=True)
 class Submission:
-    """What ``submit`` sends: a shell entrypoint and a Ray runtime environment."""
+    """What ``submit`` sends: a shell entrypoint, a Ray runtime environment (its
+    ``working_dir`` is added by :func:`stage`), and the files uploaded: ``files``, relative
+    to ``project`` (see :func:`upload_files`)."""
 
     entrypoint: str
     runtime_env: dict
     metadata: dict
+    project: Path
+    files: list[str]
 
 
 # ---- arguments -------------------------------------------------------------------------
@@ -151,14 +157,15 @@ def connect(address: str):
 
 def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
                     python: str | None = None, allow_local_store: bool = False,
-                    resume: bool = False) -> Submission:
+                    resume: bool = False, excludes: list[str] = ()) -> Submission:
     """The entrypoint and runtime environment that run ``unitune search`` on the cluster.
 
     ``job``: the validated ``JobSpec`` of ``job_file`` with ``overrides`` applied.
-    The working directory uploaded is the current directory when it holds the job and
-    search-space files (so paths relative to it mean the same there), else their nearest
-    common directory. Local stores are passed as absolute paths, so a search on a cluster
-    on this machine logs into this directory's store, not a copy inside Ray's session.
+    The project is the current directory when it holds the job and search-space files (so
+    paths relative to it mean the same there), else their nearest common directory; only the
+    files the run reads are uploaded from it (:func:`upload_files`, less ``excludes``).
+    Local stores are passed as absolute paths, so a search on a cluster on this machine
+    logs into this directory's store, not a copy inside Ray's session.
 
     Ray Tune's state must outlive the job for ``--resume``: ``search.storage`` (a shared
     path or a URI such as ``s3://``), or, for a cluster on this machine, ``.unitune/tune``
@@ -206,9 +213,64 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
     # `unitune stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3):
     # time for the search to close its record and save Tune's state.
     env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "60")
-    runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env}
-    return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
-                      metadata={"unitune_job": job.name, "unitune_job_file": job_file.name})
+    return Submission(entrypoint=shlex.join(argv), runtime_env={"env_vars": env},
+                      metadata={"unitune_job": job.name, "unitune_job_file": job_file.name},
+                      project=working_dir, files=upload_files(job, job_file, space_file, working_dir, excludes))
+
+
+def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes=()) -> list[str]:
+    """What a submitted search reads, as paths relative to ``project``, sorted: the job file,
+    its search space, and the job's data (``data.annotations``; every file under
+    ``data.root``) and local model paths (``model.checkpoint``, ``model.image_encoder``,
+    ``model.text_encoder``) that lie inside ``project``. What lies outside is not uploaded:
+    the cluster must have it (a ``${VAR}`` is resolved there).
+
+    ``excludes``: glob patterns (``*.mp4``, ``data/videos``) matched against the relative
+    path and each of its leading directories, and against their names; a match is left out
+    (the job and space files always go).
+    """
+    project = project.resolve()
+    always = {job_file.resolve(), space_file.resolve()}
+    chosen = set(always)
+    for ref in (job.data.annotations, job.data.root, job.model.checkpoint, job.model.image_encoder,
+                job.model.text_encoder):
+        if not ref or "${" in str(ref):
+            continue
+        path = Path(ref) if Path(ref).is_absolute() else job_file.parent / ref
+        path = path.resolve()
+        if path == project or not path.is_relative_to(project) or not path.exists():
+            continue
+        chosen |= {p for p in path.rglob("*") if p.is_file()} if path.is_dir() else {path}
+    return sorted(str(p.relative_to(project)) for p in chosen
+                  if p in always or not _excluded(p.relative_to(project), excludes))
+
+
+def _excluded(rel: Path, patterns) -> bool:
+    leading = [Path(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)]
+    return any(fnmatch.fnmatchcase(p.as_posix(), pat.rstrip("/")) or fnmatch.fnmatchcase(p.name, pat.rstrip("/"))
+               for pat in patterns for p in leading)
+
+
+def stage(submission: Submission, directory: Path) -> dict:
+    """Copy the submission's files into ``directory`` (their relative paths kept); return the
+    runtime environment with ``directory`` as its ``working_dir``."""
+    for rel in submission.files:
+        target = directory / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(submission.project / rel, target)
+    return {**submission.runtime_env, "working_dir": str(directory)}
+
+
+def upload_error(exc: Exception, submission: Submission, address: str) -> str:
+    """The one line for a rejected submission; an upload over the dashboard's size limit
+    (HTTP 413) says what to do."""
+    text = first_line(exc)
+    if "413" in text or "request body size" in text.lower():
+        sizes = {f: (submission.project / f).stat().st_size for f in submission.files}
+        return (f"Ray cluster {address} refused the upload: {len(sizes)} files, {sum(sizes.values()) / 2**20:.0f} MiB "
+                f"(the dashboard takes at most {UPLOAD_LIMIT // 2**20} MiB; largest: {max(sizes, key=sizes.get)}); "
+                "leave data out with --exclude PATTERN and give the job a data.root the cluster has")
+    return f"Ray cluster {address} rejected the job: {text}"
 
 
 def forwarded_env(files: list[Path]) -> dict[str, str]:

@@ -25,11 +25,15 @@ PREVIOUS_TRIAL_IDS = "unitune.previous_trial_ids"  # a trial continued under a n
 STUDY = "unitune.study_id"                # a study's runs: its study run, searches and final runs
 FAMILY = "unitune.family"
 SEED = "unitune.seed"
+PARENT = "mlflow.parentRunId"              # MLflow's own: a trial's (or search's) parent run
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own: which UI view an experiment opens on
+INF_PREFIX = "unitune.inf."               # unitune.inf.<metric> = +inf|-inf (see unitune.tracking)
 BASE_JOB_ARTIFACT = "search_job.yaml"     # the parent run's base job of every trial (export reads it)
 
 STATUS_OF_STATE = {"running": "RUNNING", "completed": "FINISHED", "stopped_by_asha": "FINISHED",
                    "failed": "FAILED", "interrupted": "KILLED"}
 DONE_STATES = ("completed", "stopped_by_asha", "failed")   # final: never trained again
+FINISHED_STATES = ("completed", "stopped_by_asha")           # a trial with a result (export, Pareto)
 TRANSITIONS = {
     None: ("running",),
     "running": ("completed", "stopped_by_asha", "failed", "interrupted"),

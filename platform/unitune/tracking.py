@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+import yaml
+
+from unitune import tags as T
 from unitune.cluster import is_remote_address
 from unitune.errors import UserError, mask_uri, redact_log_records
 from unitune.locks import file_lock
@@ -33,9 +36,9 @@ if TYPE_CHECKING:
 DEFAULT_STORE = "sqlite:///mlruns.db"  # tracking.uri of a job that names none (the demo's store)
 DEFAULT_ARTIFACTS = "mlartifacts"      # its tracking.artifact_location
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-INF_TAG_PREFIX = "unitune.inf."
-PARENT_TAG = "mlflow.parentRunId"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+INF_TAG_PREFIX = T.INF_PREFIX
+PARENT_TAG = T.PARENT
+EXPERIMENT_KIND_TAG = T.EXPERIMENT_KIND
 _BATCH = 100  # MLflow's per-request limit on params and tags (metrics: 1000)
 # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: that URI may hold a
 # password, and unitune prints its own (masked) run link.
@@ -214,18 +217,16 @@ class Tracker:
 
     def find_run(self, experiment: str, tags: dict) -> str | None:
         """Id of the oldest active run of ``experiment`` whose tags equal ``tags``, else None."""
-        clauses = [f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items()]
         runs = self.client.search_runs(
-            [self.experiment_id(experiment)], filter_string=" and ".join(clauses),
+            [self.experiment_id(experiment)], filter_string=tag_filter(tags),
             order_by=["attributes.start_time ASC"], max_results=1,
         )
         return runs[0].info.run_id if runs else None
 
     def search_runs(self, experiment: str, tags: dict) -> list:
         """All active runs of ``experiment`` whose tags equal ``tags`` (mlflow Run objects)."""
-        clauses = [f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items()]
         return list(self.client.search_runs(
-            [self.experiment_id(experiment)], filter_string=" and ".join(clauses),
+            [self.experiment_id(experiment)], filter_string=tag_filter(tags),
             order_by=["attributes.start_time ASC"], max_results=10000,
         ))
 
@@ -333,6 +334,24 @@ class Tracker:
         if urlparse(self.uri).scheme in ("http", "https"):
             return mask_uri(self.uri.rstrip("/")) + "/" + ref
         return ref
+
+
+def tag_filter(tags: dict) -> str:
+    """An MLflow ``filter_string`` matching runs whose tags equal ``tags`` (values quoted)."""
+    return " and ".join(f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items())
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    """The entries of a report MLflow can log as metrics: numbers (not booleans), as floats."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def param_value(text: str):
+    """An MLflow param (a string) back to the YAML scalar it was logged from."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _quote(value: str) -> str:

@@ -5,11 +5,12 @@ the job id and the dashboard URL."""
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from unitune.commands.jobargs import add_job_arguments, load_job_from_args
-from unitune.errors import UserError, first_line
-from unitune.submit import add_address_argument, connect, plan_submission, resolve_address
+from unitune.errors import UserError
+from unitune.submit import add_address_argument, connect, plan_submission, resolve_address, stage, upload_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-local-store", action="store_true",
                         help="submit to a remote cluster although tracking.uri is a local sqlite/file "
                              "store (only when the cluster sees the same path, e.g. a shared disk)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave matching files out of the upload (glob on the path relative to the "
+                             "project, or on a file or directory name; repeatable), e.g. --exclude '*.mp4'")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,16 +40,20 @@ def run(args: argparse.Namespace) -> int:
     address = resolve_address(args.address)
     submission = plan_submission(job, Path(args.job), args.overrides, address=address,
                                  python=args.python, allow_local_store=args.allow_local_store,
-                                 resume=args.resume)
+                                 resume=args.resume, excludes=args.exclude)
     client = connect(address)
-    try:
-        job_id = client.submit_job(entrypoint=submission.entrypoint,
-                                   runtime_env=submission.runtime_env, metadata=submission.metadata)
-    except Exception as exc:  # Ray raises RuntimeError/ValueError with the server's reason
-        raise UserError(f"Ray cluster {address} rejected the job: {first_line(exc)}") from None
+    with tempfile.TemporaryDirectory(prefix="unitune-submit-") as staged:
+        runtime_env = stage(submission, Path(staged))
+        try:
+            job_id = client.submit_job(entrypoint=submission.entrypoint,
+                                       runtime_env=runtime_env, metadata=submission.metadata)
+        except Exception as exc:  # Ray raises RuntimeError/ValueError with the server's reason
+            raise UserError(upload_error(exc, submission, address)) from None
+    size = sum((submission.project / f).stat().st_size for f in submission.files)
+    shown = ", ".join(submission.files[:4]) + (", ..." if len(submission.files) > 4 else "")
     print(f"submitted {job_id} to {address}")
     print(f"  entrypoint: {submission.entrypoint}")
-    print(f"  working_dir: {submission.runtime_env['working_dir']}")
+    print(f"  uploaded from {submission.project}: {len(submission.files)} files, {size / 1024:.0f} KiB ({shown})")
     print(f"  dashboard: {address}/#/jobs/{job_id}")
     print(f"  follow it: unitune logs {job_id} --follow --address {address}")
     return 0

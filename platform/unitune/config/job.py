@@ -13,15 +13,16 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
 from pydantic import NonNegativeInt, field_validator, model_validator
 
+from unitune.choices import (
+    DATA_FORMATS, FREEZE_DEFAULTS, MINING_MODES, MODEL_DEFAULTS, MODEL_NAMES, NUM_FRAMES, PREFLIGHT_MODES,
+    SYNTHETIC_CACHE_DIR, SYNTHETIC_DEFAULTS, TINY_PRESET_NAMES, DataFormat, MiningMode, ModelName, PreflightMode,
+    WarmupMode,
+)
 from unitune.cluster import is_remote_address
 from unitune.errors import mask_uri, shorten
 from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, is_local_store
 
-DATA_FORMATS = ("synthetic", "karpathy", "msrvtt", "manifest")
-MODEL_NAMES = ("tiny", "clip", "two_tower")
-MINING_MODES = ("all", "hardest", "topk")
-TINY_PRESETS = ("tiny-s", "tiny-m")  # names of ``unitune.models.tiny.TINY_PRESETS`` (a test keeps them equal)
-PREFLIGHT_MODES = ("full", "sample", "off")
+TINY_PRESETS = TINY_PRESET_NAMES
 
 # Numbers where only a finite value makes sense (``.inf``/``.nan`` in YAML are refused).
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -71,16 +72,16 @@ class SplitsSpec(Spec):
 class SyntheticSpec(Spec):
     """The built-in generated data set (``data.format: synthetic``)."""
 
-    num_train: int = Field(512, gt=0, le=MAX_SYNTHETIC_ITEMS)
-    num_val: int = Field(128, gt=0, le=MAX_SYNTHETIC_ITEMS)
-    num_test: int = Field(128, gt=0, le=MAX_SYNTHETIC_ITEMS)
-    captions_per_item: int = Field(3, gt=0, le=MAX_CAPTIONS_PER_ITEM)
-    image_size: int = Field(64, ge=16, le=MAX_SYNTHETIC_IMAGE_SIZE)
-    num_frames: int = Field(8, ge=2, le=MAX_FRAMES)
-    seed: NonNegativeInt = 0
+    num_train: int = Field(SYNTHETIC_DEFAULTS["num_train"], gt=0, le=MAX_SYNTHETIC_ITEMS)
+    num_val: int = Field(SYNTHETIC_DEFAULTS["num_val"], gt=0, le=MAX_SYNTHETIC_ITEMS)
+    num_test: int = Field(SYNTHETIC_DEFAULTS["num_test"], gt=0, le=MAX_SYNTHETIC_ITEMS)
+    captions_per_item: int = Field(SYNTHETIC_DEFAULTS["captions_per_item"], gt=0, le=MAX_CAPTIONS_PER_ITEM)
+    image_size: int = Field(SYNTHETIC_DEFAULTS["image_size"], ge=16, le=MAX_SYNTHETIC_IMAGE_SIZE)
+    num_frames: int = Field(SYNTHETIC_DEFAULTS["num_frames"], ge=2, le=MAX_FRAMES)
+    seed: NonNegativeInt = SYNTHETIC_DEFAULTS["seed"]
     # Relative to the working directory at load time, and made absolute then: Ray Tune
     # and Ray Train run trials and workers in directories of their own.
-    cache_dir: Path = Field(Path(".unitune/data"), validate_default=True)
+    cache_dir: Path = Field(Path(SYNTHETIC_CACHE_DIR), validate_default=True)
 
     @field_validator("cache_dir")
     @classmethod
@@ -103,16 +104,16 @@ class DataSpec(Spec):
     ``splits``: the file's split names; join several with ``+`` (COCO: ``train+restval``).
     """
 
-    format: Literal["synthetic", "karpathy", "msrvtt", "manifest"] = "synthetic"
+    format: DataFormat = "synthetic"
     modality: Literal["image", "video"] = "image"
     root: Path | None = None
     annotations: Path | None = None
     splits: SplitsSpec = SplitsSpec()
-    num_frames: int = Field(8, gt=0, le=MAX_FRAMES)
+    num_frames: int = Field(NUM_FRAMES, gt=0, le=MAX_FRAMES)
     on_bad_sample: Literal["error", "skip"] = "error"
     # What ``unitune train/search`` check before the first trial: every media file decoded
     # (full), a sample of them (sample; every file's existence still), or nothing (off).
-    preflight: Literal["full", "sample", "off"] = "full"
+    preflight: PreflightMode = "full"
     num_workers: int = Field(0, ge=0, le=64)
     synthetic: SyntheticSpec = SyntheticSpec()
 
@@ -152,21 +153,21 @@ class DataSpec(Spec):
 class FreezeSpec(Spec):
     """Which tower layers train. ``None`` trains the whole tower."""
 
-    visual_trainable_layers: NonNegativeInt | None = None
-    text_trainable_layers: NonNegativeInt | None = None
-    projections_only: bool = False
+    visual_trainable_layers: NonNegativeInt | None = FREEZE_DEFAULTS["visual_trainable_layers"]
+    text_trainable_layers: NonNegativeInt | None = FREEZE_DEFAULTS["text_trainable_layers"]
+    projections_only: bool = FREEZE_DEFAULTS["projections_only"]
 
 
 class ModelSpec(Spec):
     """Dual encoder by registry name (``unitune.models.MODEL_REGISTRY``)."""
 
-    name: Literal["tiny", "clip", "two_tower"] = "tiny"
-    preset: str | None = "tiny-s"
-    checkpoint: str | None = None
-    image_encoder: str | None = None
-    text_encoder: str | None = None
-    embed_dim: int = Field(256, gt=0, le=MAX_EMBED_DIM)
-    video_pooling: Literal["mean", "seqTransf"] = "mean"
+    name: ModelName = MODEL_DEFAULTS["name"]
+    preset: str | None = MODEL_DEFAULTS["preset"]
+    checkpoint: str | None = MODEL_DEFAULTS["checkpoint"]
+    image_encoder: str | None = MODEL_DEFAULTS["image_encoder"]
+    text_encoder: str | None = MODEL_DEFAULTS["text_encoder"]
+    embed_dim: int = Field(MODEL_DEFAULTS["embed_dim"], gt=0, le=MAX_EMBED_DIM)
+    video_pooling: Literal["mean", "seqTransf"] = MODEL_DEFAULTS["video_pooling"]
     # two_tower with a convolutional image tower: its input resolution (None: the tower's own,
     # e.g. 224). Small images such as the 64x64 emoji gain little from 224 and cost 8x more.
     image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)] | None = None
@@ -193,12 +194,10 @@ class LossSpec(Spec):
     learnable_gamma: bool = False
     max_gamma: PositiveFloat = 100.0
     scale_by_gamma: bool = False
-    mining: Literal["all", "hardest", "topk"] = "all"
+    mining: MiningMode = "all"
     topk: Annotated[int, Field(gt=0, le=MAX_BATCH)] | None = None
     warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
-    # What the warm-up epochs train with: "all" (the unified loss over all negatives) or
-    # "hinge_mean" (VSE∞: the triplet hinge averaged over all negatives; Triplet-HN family).
-    warmup_mining: Literal["all", "hinge_mean"] = "all"
+    warmup_mining: WarmupMode = "all"  # see unitune.choices.WarmupMode
 
     @model_validator(mode="after")
     def _check_mining(self) -> LossSpec:

@@ -19,16 +19,11 @@ from pydantic import ValidationInfo, field_validator, model_validator
 from unitune.config.job import FieldError, FiniteFloat, JobSpec, Spec
 from unitune.config.loading import apply_overrides, read_config
 from unitune.config.messages import describe_error, validation_message
+from unitune.choices import RETRIEVAL_METRICS
 from unitune.errors import UserError, shorten
 
 # Per-epoch metrics a trial reports (``unitune.train``), with the direction that is better.
-METRICS: dict[str, str] = {
-    "rsum": "max",
-    "r1_i2t": "max", "r5_i2t": "max", "r10_i2t": "max",
-    "r1_t2i": "max", "r5_t2i": "max", "r10_t2i": "max",
-    "medr_i2t": "min", "meanr_i2t": "min", "medr_t2i": "min", "meanr_t2i": "min",
-    "train_loss": "min",
-}
+METRICS: dict[str, str] = {"rsum": "max", **RETRIEVAL_METRICS, "train_loss": "min"}
 # Per-trial convergence speed (``unitune.search``), usable as Pareto objectives.
 CONVERGENCE_METRICS: dict[str, str] = {
     "epochs_to_target": "min",

@@ -31,12 +31,10 @@ from unitune.data.manifest import load_manifest
 from unitune.data.msrvtt import load_msrvtt
 from unitune.data.synthetic import generate as generate_synthetic
 from unitune.data.video import load_video, segment_random_indices, uniform_indices
+from unitune.choices import DATA_FORMATS, NUM_FRAMES, SYNTHETIC_CACHE_DIR, SYNTHETIC_DEFAULTS
 from unitune.errors import UserError
 
-DATA_FORMATS = ("synthetic", "karpathy", "msrvtt", "manifest")
 FORMAT_MODALITIES = {"karpathy": ("image",), "msrvtt": ("video",), "manifest": MODALITIES, "synthetic": MODALITIES}
-SYNTHETIC_DEFAULTS = {"num_train": 512, "num_val": 128, "num_test": 128, "captions_per_item": 3,
-                      "image_size": 64, "num_frames": 8, "seed": 0, "cache_dir": ".unitune/data"}
 
 __all__ = [
     "BAD_SAMPLE_POLICIES", "CLIP_MEAN", "CLIP_STD", "Collator", "DATA_FORMATS", "ImageTransform", "ItemDataset",
@@ -113,9 +111,11 @@ def build_dataset(
     annotations = os.fspath(annotations) if annotations is not None else None
     size = 224
     if fmt == "synthetic":
-        options = {name: _get(_get(spec, "synthetic"), name, default) for name, default in SYNTHETIC_DEFAULTS.items()}
+        synthetic = _get(spec, "synthetic")
+        options = {name: _get(synthetic, name, default) for name, default in SYNTHETIC_DEFAULTS.items()}
         size = options["image_size"]
-        annotations = generate_synthetic(os.fspath(options.pop("cache_dir")), modality=modality, **options)
+        cache_dir = os.fspath(_get(synthetic, "cache_dir", SYNTHETIC_CACHE_DIR))
+        annotations = generate_synthetic(cache_dir, modality=modality, **options)
         root = None
     entries = read_entries(fmt, modality, annotations, root, names, key, screen)
     return assemble(
@@ -126,6 +126,6 @@ def build_dataset(
         split="+".join(names),
         split_key=key,
         transform=transform if transform is not None else default_transform(size),
-        num_frames=int(num_frames or _get(spec, "num_frames", 8)),
+        num_frames=int(num_frames or _get(spec, "num_frames", NUM_FRAMES)),
         train=train,
     )

@@ -1,10 +1,8 @@
 """Negative-mining modes of the unified loss and a warm-up schedule over epochs."""
 
-MINING_MODES = ("all", "hardest", "topk")
-# What the warm-up epochs train with: "all" = the unified loss over all negatives
-# (softmax-weighted); "hinge_mean" = VSE∞'s warm-up, the triplet hinge averaged over all
-# negatives (`hinge_mean_loss`), for the Triplet-HN family.
-WARMUP_MODES = ("all", "hinge_mean")
+from unitune.choices import MINING_MODES, WARMUP_MODES  # the job file's modes (see unitune.choices)
+
+__all__ = ["MINING_MODES", "WARMUP_MODES", "MiningSchedule", "check_mining"]
 
 
 def check_mining(mining):

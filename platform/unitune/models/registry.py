@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from unitune.choices import FREEZE_DEFAULTS, MODEL_DEFAULTS
 from unitune.errors import UserError
 from unitune.models.base import FREEZE_KEYS, DualEncoder
 from unitune.models.clip import CLIPDualEncoder
@@ -24,9 +25,6 @@ MODEL_REGISTRY: dict[str, type[DualEncoder]] = {
 
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.pt"
-_DEFAULTS = {"name": "tiny", "preset": "tiny-s", "checkpoint": None, "image_encoder": None,
-             "text_encoder": None, "embed_dim": 256, "video_pooling": "mean", "image_size": None}
-_FREEZE_DEFAULTS = {"visual_trainable_layers": None, "text_trainable_layers": None, "projections_only": False}
 
 
 def _get(spec: Any, key: str, default: Any) -> Any:
@@ -42,9 +40,9 @@ def model_config(spec: Any) -> dict:
     image_size freeze{visual_trainable_layers, text_trainable_layers, projections_only}; missing
     keys take the schema's defaults. Raises UserError for an unknown model name.
     """
-    config = {key: _get(spec, key, default) for key, default in _DEFAULTS.items()}
+    config = {key: _get(spec, key, default) for key, default in MODEL_DEFAULTS.items()}
     freeze = _get(spec, "freeze", None) or {}
-    config["freeze"] = {key: _get(freeze, key, _FREEZE_DEFAULTS[key]) for key in FREEZE_KEYS}
+    config["freeze"] = {key: _get(freeze, key, FREEZE_DEFAULTS[key]) for key in FREEZE_KEYS}
     if config["name"] not in MODEL_REGISTRY:
         raise UserError(f"model.name: unknown model {config['name']!r}; choose from {list(MODEL_REGISTRY)}")
     return config

@@ -21,14 +21,7 @@ from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
 from unitune import tags as T
 from unitune.search.trial import TrialSetup, read_curve
-
-
-def _coerce(text: str):
-    """MLflow params are strings: back to the YAML scalar they were."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+from unitune.tracking import param_value
 
 
 def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
@@ -45,7 +38,7 @@ def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
         trials.append({
             "trial_id": tags.get(T.TRIAL), "run_id": run.info.run_id, "name": run.info.run_name,
             "state": tags.get(T.STATE), "status": run.info.status,
-            "params": {k: _coerce(v) for k, v in run.data.params.items()},
+            "params": {k: param_value(v) for k, v in run.data.params.items()},
             "metrics": tracker.get_metrics(run.info.run_id),
             "stopped_at_epoch": tags.get(T.STOP_EPOCH), "error": tags.get(T.ERROR),
             "epochs_run": tags.get(T.EPOCHS_RUN),

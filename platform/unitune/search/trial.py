@@ -28,7 +28,7 @@ from unitune import tags as T
 from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.search.convergence import convergence_summary
-from unitune.tracking import Tracker
+from unitune.tracking import Tracker, numeric
 
 TIME_KEY = "train_time_s"
 EPOCH_KEY = "epoch"
@@ -67,12 +67,6 @@ def progress(setup: TrialSetup, curve: list[dict]) -> dict:
     """Convergence speed of ``curve`` over the search's epoch budget."""
     return convergence_summary(curve, setup.metric, setup.mode, setup.target, TIME_KEY,
                                budget=setup.job.train.epochs)
-
-
-def numeric(metrics: dict) -> dict[str, float]:
-    """The numeric entries of a result."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def error_message(exc: BaseException) -> str:

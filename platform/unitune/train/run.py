@@ -27,16 +27,22 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
+from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
+from unitune import tracking
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
 from unitune.train.worker import MODEL_DIR, train_loop_per_worker
 
 STORAGE_DIR = ".unitune/ray"  # Ray Train checkpoints while a run lasts (relative to the cwd)
-TABLE_KEYS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i", "rsum",
-              "medr_i2t", "meanr_i2t", "medr_t2i", "meanr_t2i")
+TABLE_KEYS = RETRIEVAL_METRIC_KEYS
+
+
+def numeric(report: dict) -> dict[str, float]:
+    """The metrics of a report (``tracking.numeric``) without ``epoch``: it is the MLflow step."""
+    return tracking.numeric({k: v for k, v in report.items() if k != "epoch"})
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -49,12 +55,6 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def numeric(metrics: dict) -> dict[str, float]:
-    """The numeric entries of a report, without ``epoch`` (it is the MLflow step)."""
-    return {k: float(v) for k, v in metrics.items()
-            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class MlflowCallback(UserCallback):
