@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # Command modules import torch, Ray, Optuna and MLflow only inside run(); none imports this module.
-from unitune import __version__, evaluate, export, ui
+from unitune import __version__, evaluate, export, terminal, ui
 from unitune.commands import logs, status, stop, submit, train, validate
 from unitune.errors import UserError
 from unitune.search import command as search
@@ -86,10 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unitune`` console script; returns the exit code."""
     try:
         args = parse_args(argv)
-        return args.run(args)
+        terminal.open_log(args.command)   # the libraries' chatter to a file, not the terminal
+        code = args.run(args)
+        log = terminal.close_log()
+        if log is not None:
+            print(f"unitune: library log: {log}", file=sys.stderr)
+        return code
     except UserError as exc:
         print(f"unitune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unitune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        terminal.close_log()

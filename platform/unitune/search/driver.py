@@ -18,6 +18,7 @@ this module writes the parent run. docs/internals.md has the state machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from urllib.parse import urlparse
 import optuna
 import yaml
 
-from unitune import cluster
+from unitune import cluster, terminal
 from unitune import tags as T
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.errors import UserError
@@ -237,6 +238,7 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
 
     features.check(base)   # cache refusals (unwritable directory, augmentation) before Ray starts
     started_ray = init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
+    terminal.adopt_library_loggers()  # Ray's and Optuna's loggers, now imported: to the log file
     # What the frozen layers compute, once for every trial (trials that sample a different
     # split point or image size build their own entry on first use). Before any run exists.
     if verbose and features.setting(base) != "off":
@@ -269,12 +271,18 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         tracker.set_tags(parent, {"unitune.feature_cache_dir": cache["feature_cache_dir"]})
 
     metrics, modes = space.objective_names()
+    steps = None
+    if verbose and space.max_concurrent == 1:   # one trial at a time: its in-epoch progress bar
+        from unitune.progress import StepProgress
+
+        steps = StepProgress(base.train.epochs, own_display=False)
     setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,
                        parent_run_id=parent, objectives=list(zip(metrics, modes)),
-                       target=space.target, storage_path=storage_path, train_fn=train_fn)
+                       target=space.target, storage_path=storage_path, train_fn=train_fn,
+                       on_step=steps.reporter if steps is not None else None)
     study = optuna.load_study(study_name=search_id, storage=storage)
     recorder = Recorder(setup, study, list(space.params))
-    driver_cb = DriverCallback(recorder, space, verbose=verbose)
+    driver_cb = DriverCallback(recorder, space, verbose=verbose, steps=steps)
     if verbose and found is not None:
         print(f"unitune: resuming search {search_id}", file=sys.stderr)
 
@@ -302,10 +310,12 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
                                        failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
                                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                        verbose=0))
-            tuner.fit()
+            with terminal.to_log(), steps or contextlib.nullcontext():   # to_log: Tune's box
+                tuner.fit()
         if interrupt.signal is None and _all_final(recorder, space.num_trials):
             state = "completed"
     finally:
+        driver_cb.close()
         recorder.interrupting = True
         recorder.interrupt_running()
         summary = summarize(setup, space, storage)

@@ -15,18 +15,20 @@ Ray Tune pickles its callbacks into its experiment state and gives the pickled o
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
 from ray.tune import Callback
 
 from unitune.config import SearchSpaceSpec
-from unitune.search.record import Recorder
+from unitune.search.record import Recorder, trial_label
 from unitune.search.trial import FAILED_KEY, error_message
+from unitune.terminal import duration, num
 
-REFRESH_S = 10.0
 _LIVE: DriverCallback | None = None
+# How the table shows a state (the record's names are longer than a column should be).
+STATE_TEXT = {"completed": "[green]completed[/]", "stopped_by_asha": "[yellow]stopped[/]", "failed": "[red]failed[/]",
+              "interrupted": "[magenta]interrupted[/]", "RUNNING": "[cyan]running[/]", "PENDING": "pending"}
 
 
 def live_callback() -> DriverCallback:
@@ -41,29 +43,49 @@ def short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def fmt(value) -> str:
-    if isinstance(value, float):
-        if math.isinf(value) or math.isnan(value):
-            return str(value)
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
+fmt = num
+
+
+def sort_key(mode: str):
+    """Best first by a row's best value (``mode`` max or min); rows without one last."""
+    sign = -1 if mode == "max" else 1
+
+    def key(row: dict):
+        best = row.get("best")
+        ok = isinstance(best, (int, float)) and best == best
+        return (not ok, sign * best if ok else 0.0, row["name"])
+    return key
 
 
 class DriverCallback(Callback):
-    """Tune hooks → recorder + table. ``num_trials`` is the planned total (the counter's
-    denominator); ``verbose=False`` prints nothing."""
+    """Tune hooks → recorder + terminal. ``num_trials`` is the planned total (the counter's
+    denominator); ``verbose=False`` prints nothing.
 
-    def __init__(self, recorder: Recorder, space: SearchSpaceSpec, verbose: bool = True):
+    On a terminal the trials table is redrawn in place (rich), with elapsed time and an ETA
+    above it, and the events scroll above the table; elsewhere (a file, a pipe, CI) each event
+    is one plain line and the table is printed once, at the end. The final table is sorted by
+    the study metric, best first. ``steps`` (a :class:`unitune.progress.StepProgress`) adds
+    the running trial's in-epoch progress bar (a search that runs one trial at a time).
+    """
+
+    def __init__(self, recorder: Recorder, space: SearchSpaceSpec, verbose: bool = True, steps=None):
         global _LIVE
+        from rich.console import Console
+
         self.recorder = recorder
         self.metric = recorder.setup.metric
+        self.mode = recorder.setup.mode
         self.params = list(space.params)
         self.num_trials = space.num_trials
         self.max_epochs = recorder.budget
         self.verbose = verbose
+        self.steps = steps
         self.rows: dict[str, dict] = {}
-        self._last_print = 0.0
         self._started = time.monotonic()
+        self.console = Console(file=sys.stderr, highlight=False)
+        if not self.console.is_terminal:
+            self.console.width = max(self.console.width, 160)   # a log file: no wrapped columns
+        self._live = None
         _LIVE = self
 
     def __reduce__(self):
@@ -82,8 +104,6 @@ class DriverCallback(Callback):
             row["epoch"] = result.get("epoch")
             row["value"] = result.get(self.metric)
             row["best"] = result.get("best_value")
-        if self.verbose and time.monotonic() - self._last_print > REFRESH_S:
-            self.print_table()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -100,8 +120,8 @@ class DriverCallback(Callback):
         self._row(trial)["state"] = state
         what = {"completed": "completed", "stopped_by_asha": f"stopped by ASHA at epoch {fmt(epoch)}",
                 "failed": f"failed: {last.get(FAILED_KEY)}"}.get(state, state)
-        value = "" if state == "failed" else f": {self.metric}={fmt(last.get(self.metric))}"
-        self._event(f"trial {self._name(trial)} {what}{value}")
+        value = "" if state == "failed" else f": {self.metric} {fmt(last.get(self.metric))}"
+        self._event(f"trial {self._name(trial)} {what}{value}{self._progress_text()}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.recorder.interrupting:
@@ -112,45 +132,92 @@ class DriverCallback(Callback):
             reason = "trial raised an error"
         self.recorder.finish(trial.trial_id, trial.config, "failed", last=trial.last_result, error=reason)
         self._row(trial)["state"] = "failed"
-        self._event(f"trial {self._name(trial)} failed: {reason}")
+        self._event(f"trial {self._name(trial)} failed: {reason}{self._progress_text()}")
 
     def on_experiment_end(self, trials, **info):
-        if self.verbose:
-            self.print_table()
+        self.close()
 
-    # -- table ----------------------------------------------------------------------
+    # -- terminal -------------------------------------------------------------------
+    def close(self) -> None:
+        """The final table, sorted by the metric (once; also when the search is interrupted)."""
+        if not self.verbose or self.rows is None:
+            return
+        if self._live is not None:
+            self._live.update(self.render(final=True), refresh=True)
+            self._live.stop()
+            self._live = None
+        elif self.rows:
+            self.console.print(self.render(final=True))
+        self.rows = None   # closed
+
     def _name(self, trial) -> str:
         rec = self.recorder.runs.get(trial.trial_id)
-        return f"t{rec.number:02d}" if rec is not None else trial.trial_id
+        return trial_label(rec.number) if rec is not None else trial.trial_id
 
     def _row(self, trial) -> dict:
+        if self.rows is None:
+            return {}
         return self.rows.setdefault(trial.trial_id, {"config": trial.config, "state": "PENDING",
                                                      "name": self._name(trial)})
 
     def _params_text(self, config: dict) -> str:
-        return ", ".join(f"{short(k)}={fmt(config[k])}" for k in self.params if k in config)
+        return ", ".join(f"{short(k)} {fmt(config[k])}" for k in self.params if k in config)
 
-    def _elapsed(self) -> str:
-        s = int(time.monotonic() - self._started)
-        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def _done(self) -> int:
+        return sum(r["state"] not in ("PENDING", "RUNNING") for r in (self.rows or {}).values())
+
+    def eta(self) -> float | None:
+        """Seconds left: the mean wall time per finished trial so far times the trials left."""
+        done = self._done()
+        if done == 0:
+            return None
+        return self._elapsed() / done * max(0, self.num_trials - done)
+
+    def headline(self) -> str:
+        return (f"{self.recorder.setup.search_id}: {self._done()}/{self.num_trials} trials done, "
+                f"{duration(self._elapsed())} elapsed, ETA {duration(self.eta())}")
+
+    def _progress_text(self) -> str:
+        if self.console.is_terminal:
+            return ""   # the headline above the table says it
+        return f" ({self._done()}/{self.num_trials} done, ETA {duration(self.eta())})"
 
     def _event(self, text: str) -> None:
-        if self.verbose:
-            print(f"[unitune {self._elapsed()}] {text}", file=sys.stderr, flush=True)
+        if not self.verbose or self.rows is None:
+            return
+        if self.console.is_terminal and self._live is None:
+            from rich.live import Live
 
-    def print_table(self) -> None:
-        """One line per trial: name, state, searched params, epoch, metric, best so far."""
-        self._last_print = time.monotonic()
-        heads = ["trial", "state", *map(short, self.params), "epoch", self.metric, "best"]
-        lines = []
-        for row in self.rows.values():
+            self._live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        prefix = f"[unitune {duration(self._elapsed())}] "
+        self.console.print(prefix + text, markup=False, highlight=False, soft_wrap=True)
+
+    def render(self, final: bool = False):
+        """The trials table (and the running trial's progress bar); best first when final."""
+        from rich import box
+        from rich.console import Group
+        from rich.table import Table
+
+        # Headers wrap at their underscores (warmup / epochs): the table fits 80 columns.
+        heads = ["trial", "state", *(short(p).replace("_", " ") for p in self.params), "epoch", self.metric, "best"]
+        table = Table(title=self.headline(), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True, caption="stopped: by ASHA" if final else None,
+                      caption_justify="left")
+        for i, head in enumerate(heads):
+            table.add_column(head, justify="left" if i < 2 else "right")
+        rows = list((self.rows or {}).copy().values())   # the refresh thread reads while Tune adds
+        if final:
+            rows.sort(key=sort_key(self.mode))
+        for row in rows:
             cfg = row["config"]
-            lines.append([row["name"], row["state"], *(fmt(cfg.get(k)) for k in self.params),
-                          fmt(row.get("epoch")), fmt(row.get("value")), fmt(row.get("best"))])
-        widths = [max(len(h), *(len(r[i]) for r in lines)) if lines else len(h) for i, h in enumerate(heads)]
-        out = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
-        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
-        done = sum(r["state"] not in ("PENDING", "RUNNING") for r in self.rows.values())
-        search_id = self.recorder.setup.search_id
-        print(f"--- {search_id}: {done}/{self.num_trials} trials done, {self._elapsed()} elapsed ---\n"
-              + "\n".join(out), file=sys.stderr, flush=True)
+            state = row["state"]
+            table.add_row(row["name"], STATE_TEXT.get(state, state),
+                          *(fmt(cfg.get(k)) for k in self.params),
+                          fmt(row.get("epoch")), fmt(row.get("value")), fmt(row.get("best")))
+        bar = self.steps.renderable() if (self.steps is not None and not final) else None
+        return Group(table, bar) if bar is not None else table

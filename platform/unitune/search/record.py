@@ -44,12 +44,17 @@ def epoch_metrics(result: dict) -> dict[str, float]:
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def trial_label(number: int) -> str:
+    """``t03``: how the terminal, the summary and the plots name Optuna trial 3."""
+    return f"t{number:02d}"
+
+
 def run_name(number: int, config: dict, params: list[str]) -> str:
     """``t03 mining=all margin=0.21 gamma=42``: distinct in its first characters."""
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
     shown = [f"{p.rsplit('.', 1)[-1]}={fmt(config[p])}" for p in params if p in config][:4]
-    return " ".join([f"t{number:02d}", *shown])
+    return " ".join([trial_label(number), *shown])
 
 
 @dataclass

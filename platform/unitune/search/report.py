@@ -20,16 +20,19 @@ import yaml
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
 from unitune import tags as T
+from unitune.search.record import trial_label
 from unitune.search.trial import TrialSetup, read_curve
 from unitune.tracking import param_value
+from unitune.terminal import num
 
 
 def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
     """Trials of the search (from MLflow) and the best one.
 
     Returns ``{"search_id", "parent_run_id", "metric", "mode", "trials": [...], "best": trial
-    or None, "pareto": [trial ids] or None}``; each trial is ``{"trial_id", "run_id",
-    "state", "status", "params", "metrics", "stopped_at_epoch", "error"}``.
+    or None, "pareto": [trial ids] or None}``; each trial is ``{"trial_id", "label", "run_id",
+    "name", "state", "status", "params", "metrics", "stopped_at_epoch", "error", "epochs_run"}``
+    (``label``: ``t03``, as the terminal and the plots name the trial).
     """
     tracker = setup.tracker
     trials = []
@@ -37,6 +40,8 @@ def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
         tags = run.data.tags
         trials.append({
             "trial_id": tags.get(T.TRIAL), "run_id": run.info.run_id, "name": run.info.run_name,
+            "label": (trial_label(int(tags[T.OPTUNA_TRIAL])) if tags.get(T.OPTUNA_TRIAL, "").isdigit()
+                      else tags.get(T.TRIAL)),
             "state": tags.get(T.STATE), "status": run.info.status,
             "params": {k: param_value(v) for k, v in run.data.params.items()},
             "metrics": tracker.get_metrics(run.info.run_id),
@@ -98,32 +103,50 @@ def _trials_csv(summary: dict, space: SearchSpaceSpec, path: Path) -> None:
                              *(m.get(k, "") for k in CONVERGENCE_KEYS), t["error"] or ""])
 
 
+LEGEND_PT = 9   # the smallest text of the plots: legends, ticks
+
+
 def _curves_plot(setup: TrialSetup, summary: dict, path: Path) -> None:
+    """Every trial's validation curve, named as in the terminal (``t03``); the best trial
+    drawn thick and its best epoch starred; dashed: stopped by ASHA, dotted: failed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    best = summary.get("best")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     for t in summary["trials"]:
         curve = [r for r in read_curve(setup.tracker, t["run_id"], [setup.metric]) if setup.metric in r]
-        if curve:
-            style = "-" if t["state"] == "completed" else ":" if t["state"] == "failed" else "--"
-            ax.plot([r["epoch"] for r in curve], [r[setup.metric] for r in curve], style, marker="o",
-                    label=f"{t['trial_id']} ({t['state']})")
+        if not curve:
+            continue
+        is_best = best is not None and t["run_id"] == best["run_id"]
+        style = "-" if t["state"] == "completed" else ":" if t["state"] == "failed" else "--"
+        state = {"stopped_by_asha": "stopped by ASHA"}.get(t["state"], t["state"])
+        label = f"{t['label']} ({state})" + (", best" if is_best else "")
+        line, = ax.plot([r["epoch"] for r in curve], [r[setup.metric] for r in curve], style, marker="o",
+                        markersize=3, linewidth=2.8 if is_best else 1.2, zorder=3 if is_best else 2, label=label)
+        if is_best:
+            top = (max if setup.mode == "max" else min)(curve, key=lambda r: r[setup.metric])
+            ax.plot([top["epoch"]], [top[setup.metric]], "*", color=line.get_color(), markersize=16,
+                    markeredgecolor="black", zorder=4,
+                    label=f"best: {t['label']} {setup.metric} {num(top[setup.metric])} at epoch {num(top['epoch'])}")
     if setup.target is not None:
-        ax.axhline(setup.target, color="grey", linewidth=0.8, label="target")
-    ax.set_xlabel("epoch")
+        ax.axhline(setup.target, color="grey", linewidth=0.8, label=f"target {num(setup.target)}")
+    ax.set_xlabel("epoch (0: before training)")
     ax.set_ylabel(f"validation {setup.metric}")
-    ax.set_title(f"{setup.search_id}: validation curves (dashed: stopped by ASHA)")
-    ax.legend(fontsize=6, loc="best")
+    ax.set_title(f"{setup.search_id}: validation {setup.metric} per epoch")
+    ax.tick_params(labelsize=LEGEND_PT)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=LEGEND_PT, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
-    """Parallel coordinates and parameter importance, when the study has enough trials."""
+    """Parallel coordinates and parameter importance, when the study has enough trials;
+    axes name the study metric (not Optuna's "Objective Value")."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -135,21 +158,37 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
         return  # nothing to compare
     # A Pareto study has no single objective: plot the first (the study metric). Importance
     # with an explicit target ranks parameters for *low* values, so a max metric is negated.
-    multi = len(study.directions) > 1
     sign = -1.0 if setup.mode == "max" else 1.0
     plots = [("parallel_coordinates.png", ovm.plot_parallel_coordinate, lambda t: t.values[0])]
     if len(done) >= 3:
         plots.append(("param_importances.png", ovm.plot_param_importances, lambda t: sign * t.values[0]))
     for name, plot, target in plots:
         try:
-            with _quiet():
-                ax = plot(study, target=target, target_name=setup.metric) if multi else plot(study)
-            ax.figure.tight_layout()
-            ax.figure.savefig(out / name, dpi=120)
+            with _quiet(), matplotlib.rc_context({"font.size": 10, "legend.fontsize": LEGEND_PT}):
+                ax = plot(study, target=target, target_name=setup.metric)
+                _label(ax, name, setup.metric)
+                ax.figure.tight_layout()
+                ax.figure.savefig(out / name, dpi=120)
             plt.close(ax.figure)
         except (ValueError, RuntimeError, ZeroDivisionError):
             # e.g. importance needs at least one parameter that varied over complete trials
             plt.close("all")
+
+
+def _label(ax, name: str, metric: str) -> None:
+    """Titles that say what is plotted; parallel coordinates wide enough for their labels."""
+    if name == "parallel_coordinates.png":
+        labels = ax.get_xticklabels()
+        ax.figure.set_size_inches(max(8.0, 1.7 * len(labels)), 5.0)
+        ax.set_xticks(ax.get_xticks(), [lbl.get_text() for lbl in labels], rotation=25, ha="right",
+                      fontsize=LEGEND_PT)
+        ax.set_title(f"{metric} of the completed trials by parameter value", y=1.03)
+    else:
+        ax.set_title(f"parameter importance for {metric} (fANOVA, completed trials)", loc="left")
+        ax.set_xlabel(f"importance for {metric}")
+        ax.tick_params(labelsize=LEGEND_PT)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()   # one metric: its name is in the title
 
 
 @contextlib.contextmanager
@@ -176,15 +215,16 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
     else:
         m = best["metrics"]
         lines += [
-            f"best trial {best['trial_id']} (run {best['run_id']}, {best['state']}): "
-            f"{s['metric']} = {m.get('best_value'):.4g} at epoch {m.get('best_epoch'):g}",
-            "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(best["params"].items())),
-            f"  convergence: epochs to target {s['target']}: {m.get('epochs_to_target')}, "
-            f"seconds: {m.get('seconds_to_target'):.4g}, epochs to 90% of best: "
-            f"{m.get('epochs_to_90pct_best')}, normalized AUC: {m.get('normalized_auc'):.3f}",
+            f"best trial {best['label']} (run {best['run_id']}, {best['state']}): "
+            f"{s['metric']} {num(m.get('best_value'))} at epoch {num(m.get('best_epoch'))}",
+            "  params: " + ", ".join(f"{k}={num(v)}" for k, v in sorted(best["params"].items())),
+            f"  convergence: epochs to target {num(s['target'])}: {num(m.get('epochs_to_target'))}, "
+            f"seconds: {num(m.get('seconds_to_target'))}, epochs to 90% of best: "
+            f"{num(m.get('epochs_to_90pct_best'))}, normalized AUC: {num(m.get('normalized_auc'))}",
         ]
     if s["pareto"]:
-        lines.append("Pareto front (trial ids): " + ", ".join(str(t) for t in s["pareto"]))
+        labels = {t["trial_id"]: t["label"] for t in trials}
+        lines.append("Pareto front: " + ", ".join(str(labels.get(t, t)) for t in s["pareto"]))
     job_arg = job_path or "JOB"
     lines += [f"MLflow: {tracker_uri}",
               f"next: unitune ui {job_arg}    # browse the runs",

@@ -53,6 +53,7 @@ class TrialSetup:
     target: float | None
     storage_path: str
     train_fn: Callable | None = None
+    on_step: Callable | None = None   # the driver's step reporter (a search of one trial at a time)
 
     @property
     def metric(self) -> str:
@@ -145,7 +146,7 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> Non
         tune.report({**values, **progress(setup, curve)}, checkpoint=ckpt)
 
     # A trial's checkpoint holds what its resume needs: the trainable state, not the model.
-    kwargs = {"save_final_model": False} if setup.train_fn is None else {}
+    kwargs = {"save_final_model": False, "on_step": setup.on_step} if setup.train_fn is None else {}
     if checkpoint is None:
         train_fn(job, report=report, **kwargs)
         return
@@ -157,7 +158,8 @@ def _train_with_torch_trainer(setup: TrialSetup, job: JobSpec, trial_id: str) ->
     from unitune.train.run import build_trainer
 
     trainer = build_trainer(job, name=f"{setup.search_id}-{trial_id}", storage_path=setup.storage_path,
-                            callbacks=[progress_report(setup)], evaluate_test=False, save_model=False)
+                            callbacks=[progress_report(setup)], evaluate_test=False, save_model=False,
+                            on_step=setup.on_step)
     trainer.fit()
 
 

@@ -6,6 +6,7 @@ Plain PyTorch, no Ray: ``worker.py`` wraps these for Ray Train and for one proce
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,6 +83,7 @@ def train_one_epoch(
     device: torch.device,
     grad_clip: float | None = None,
     precision: str = "auto",
+    on_step: Callable[[int, int, int, int], None] | None = None,
 ) -> dict:
     """Train ``model`` for one pass over ``loader``.
 
@@ -97,6 +99,8 @@ def train_one_epoch(
         device: where the batch goes.
         grad_clip: max global gradient norm; None or 0 disables clipping.
         precision: ``auto`` | ``fp32`` | ``bf16`` (see :func:`autocast`).
+        on_step: called after each step as ``on_step(epoch, step, steps, samples)``
+            (1-based step, steps per epoch, pairs trained on so far): a progress bar.
 
     Returns:
         ``{"train_loss", "pos_sim", "hard_neg_sim", "violation_frac", "lr", "gamma",
@@ -114,6 +118,7 @@ def train_one_epoch(
     # Sums stay on the device; .tolist() at the end is the only read-back of them.
     sums = torch.zeros(4, device=device)
     steps = samples = 0
+    total = len(loader) if on_step is not None else 0
     gamma = loss_cfg.gamma
     for batch in loader:
         inputs = to_device(batch, device)
@@ -145,6 +150,8 @@ def train_one_epoch(
         sums += torch.stack([out["loss"].detach(), out["pos_sim"], out["hard_neg_sim"], out["violation_frac"]])
         steps += 1
         samples += len(ids)
+        if on_step is not None:
+            on_step(epoch, steps, total, samples)
     if steps == 0:
         raise ValueError("the training loader yielded no batch (fewer samples than one batch?)")
     loss, pos, neg, viol = (sums / steps).tolist()

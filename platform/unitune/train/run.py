@@ -28,10 +28,12 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from unitune.choices import RETRIEVAL_METRIC_KEYS
+from unitune import terminal
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
 from unitune import tracking
+from unitune.terminal import num
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
 from unitune.train.worker import MODEL_DIR, train_loop_per_worker
@@ -57,36 +59,43 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class MlflowCallback(UserCallback):
-    """Logs rank 0's report of each epoch to one MLflow run, with ``step = epoch``."""
+def epoch_line(report: dict, epochs: int) -> str:
+    """``epoch 3/6: train loss 2.31, val rsum 301.2, 910 samples/s, 4.2 s``."""
+    rsum = f"val rsum {num(report['rsum'])}" if "rsum" in report else "no validation"
+    if "train_loss" not in report:   # epoch 0: the model before training
+        return f"epoch 0/{epochs} (before training): {rsum}"
+    return (f"epoch {report['epoch']}/{epochs}: train loss {report['train_loss']:.3f}, {rsum}, "
+            f"{report.get('samples_per_s', float('nan')):.0f} samples/s, {num(report.get('epoch_time_s'))} s")
 
-    def __init__(self, tracker: Tracker, run_id: str):
+
+class MlflowCallback(UserCallback):
+    """Logs rank 0's report of each epoch to one MLflow run, with ``step = epoch``, and
+    sends one line per epoch to the driver's terminal (``lines``: a step reporter)."""
+
+    def __init__(self, tracker: Tracker, run_id: str, epochs: int, lines=None):
         self.tracker = tracker
         self.run_id = run_id
+        self.epochs = epochs
+        self.lines = lines
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         report = metrics[0]
         self.tracker.log_metrics(self.run_id, numeric(report), step=int(report["epoch"]))
-        # One progress line per epoch (Ray forwards the controller's stdout to the driver).
-        rsum = f"val rsum {report['rsum']:.2f}" if "rsum" in report else "no validation"
-        if "train_loss" not in report:   # epoch 0: the model before training
-            print(f"epoch {report['epoch']} (before training): {rsum}", flush=True)
-            return
-        print(f"epoch {report['epoch']}: train loss {report['train_loss']:.4f}, {rsum}, "
-              f"{report.get('samples_per_s', float('nan')):.1f} samples/s", flush=True)
+        if self.lines is not None:
+            self.lines.line(epoch_line(report, self.epochs))
 
 
-def worker_config(job: JobSpec, *, evaluate_test: bool, save_model: bool = True) -> dict:
+def worker_config(job: JobSpec, *, evaluate_test: bool, save_model: bool = True, on_step=None) -> dict:
     """The ``train_loop_config`` of the trainer: the job as plain data (its paths are
     absolute already, so workers in their own run directories find the same files); epoch 0
-    (the model before training) is reported first."""
+    (the model before training) is reported first; ``on_step``: rank 0's step reporter."""
     return {"job": job.model_dump(mode="json"), "evaluate_test": evaluate_test, "save_model": save_model,
-            "report_epoch_0": True}
+            "report_epoch_0": True, "on_step": on_step}
 
 
 def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
                   callbacks: list | None = None, evaluate_test: bool = True,
-                  save_model: bool = True) -> TorchTrainer:
+                  save_model: bool = True, on_step=None) -> TorchTrainer:
     """One ``TorchTrainer`` with the job's resources, checkpoints and retry budget, for
     ``unitune train`` and for multi-worker search trials (``save_model=False``: their
     checkpoints hold the trainable state only).
@@ -98,7 +107,8 @@ def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
     env = {k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=worker_config(job, evaluate_test=evaluate_test, save_model=save_model),
+        train_loop_config=worker_config(job, evaluate_test=evaluate_test, save_model=save_model,
+                                        on_step=on_step),
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -124,8 +134,8 @@ def format_table(metrics: dict) -> str:
     for key in TABLE_KEYS:
         if key in metrics or f"test_{key}" in metrics:
             lines.append(f"{key:<10} {cell(metrics.get(key)):>9} {cell(metrics.get(f'test_{key}')):>9}")
-    lines.append(f"epochs {metrics.get('epoch')}, train loss {metrics.get('train_loss', float('nan')):.4f}, "
-                 f"train time {metrics.get('train_time_s', float('nan')):.1f} s")
+    lines.append(f"epochs {num(metrics.get('epoch'))}, train loss {num(metrics.get('train_loss'))}, "
+                 f"train time {num(metrics.get('train_time_s'))} s")
     return "\n".join(lines)
 
 
@@ -160,8 +170,10 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     from unitune import features
 
     features.check(job)   # cache refusals before Ray starts
-    # Ray before the MLflow run: an unreachable cluster leaves no failed run behind.
-    started_ray = init_ray(job.ray.address, log_to_driver=True)
+    # Ray before the MLflow run: an unreachable cluster leaves no failed run behind. The
+    # workers' and the controller's output stays in Ray's logs: the driver prints the epochs.
+    started_ray = init_ray(job.ray.address)
+    terminal.adopt_library_loggers()
     try:
         check_fits(job, job.ray.address)
         cache = features.prepare(job, splits=("train", "val", "test"))   # once, before the run
@@ -182,9 +194,13 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         if job.source is not None:
             tracker.log_artifact(run_id, job.source)
         name = f"{job.name}-{run_id}"
-        trainer = build_trainer(job, name=name, storage_path=storage_path,
-                                callbacks=[MlflowCallback(tracker, run_id)])
-        result = trainer.fit()
+        from unitune.progress import StepProgress
+
+        steps = StepProgress(job.train.epochs)
+        trainer = build_trainer(job, name=name, storage_path=storage_path, on_step=steps.reporter,
+                                callbacks=[MlflowCallback(tracker, run_id, job.train.epochs, steps.reporter)])
+        with steps, terminal.to_log():
+            result = trainer.fit()
         with result.checkpoint.as_directory() as directory:
             tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
         # The model is in MLflow now; the resume checkpoints of a finished run are not needed.

@@ -74,6 +74,7 @@ def run_training(
     evaluate_test: bool = False,
     save_final_model: bool = True,
     report_epoch_0: bool = True,
+    on_step: Callable | None = None,
 ) -> dict:
     """Train ``job`` in this process: one worker, no Ray, no DDP.
 
@@ -91,6 +92,8 @@ def run_training(
         save_final_model: write the whole trained model (``model/``, ``save_model``
             format) into the last checkpoint; a search trial does not need it.
         report_epoch_0: report the untrained model's evaluation first (epoch 0).
+        on_step: ``on_step(epoch, step, steps, samples)`` after each training step (a
+            :class:`unitune.progress.StepReporter`).
 
     Returns:
         The metrics of the last epoch.
@@ -103,15 +106,15 @@ def run_training(
     resume = load_checkpoint(resume_from) if resume_from is not None else None
     return _fit(job, rank=0, world_size=1, device=device, report=report, resume=resume,
                 checkpoint_dir=checkpoint_dir, evaluate_test=evaluate_test, save_final_model=save_final_model,
-                report_epoch_0=report_epoch_0)
+                report_epoch_0=report_epoch_0, on_step=on_step)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker function: ``config = {"job": job.model_dump(mode="json"),
     "evaluate_test": bool, "save_model": bool (default True), "report_epoch_0": bool
     (default False until every consumer of the reports takes an epoch 0 without training
-    keys)}``. Resumes from ``ray.train.get_checkpoint()`` when Ray restarts the workers
-    after a failure."""
+    keys), "on_step": a step reporter for rank 0 (optional)}``. Resumes from
+    ``ray.train.get_checkpoint()`` when Ray restarts the workers after a failure."""
     import ray.train
     import ray.train.torch
 
@@ -137,6 +140,7 @@ def train_loop_per_worker(config: dict) -> None:
         evaluate_test=bool(config.get("evaluate_test", False)),
         save_final_model=bool(config.get("save_model", True)),
         report_epoch_0=bool(config.get("report_epoch_0", False)),
+        on_step=config.get("on_step") if context.get_world_rank() == 0 else None,
         prepare_model=ray.train.torch.prepare_model,
         # Our loader already has its DistributedSampler (seeded by the job); Ray only
         # adds the host-to-device transfer.
@@ -197,6 +201,7 @@ def _fit(
     evaluate_test: bool = False,
     save_final_model: bool = True,
     report_epoch_0: bool = True,
+    on_step: Callable | None = None,
     prepare_model: Callable = lambda module: module,
     prepare_loader: Callable = lambda loader: loader,
 ) -> dict:
@@ -275,7 +280,8 @@ def _fit(
         sampler.set_epoch(epoch)
         started = time.perf_counter()
         stats = train_one_epoch(step_module, loader, optimizer, scheduler, job.loss, epoch, device=device,
-                                grad_clip=job.optim.grad_clip, precision=job.train.precision)
+                                grad_clip=job.optim.grad_clip, precision=job.train.precision,
+                                on_step=on_step)
         seconds = time.perf_counter() - started
         train_time += seconds
         last = epoch == job.train.epochs
