@@ -279,7 +279,8 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,
                        parent_run_id=parent, objectives=list(zip(metrics, modes)),
                        target=space.target, storage_path=storage_path, train_fn=train_fn,
-                       on_step=steps.reporter if steps is not None else None)
+                       on_step=steps.reporter if steps is not None else None,
+                       env={k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")})
     study = optuna.load_study(study_name=search_id, storage=storage)
     recorder = Recorder(setup, study, list(space.params))
     driver_cb = DriverCallback(recorder, space, verbose=verbose, steps=steps)

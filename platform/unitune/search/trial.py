@@ -13,6 +13,11 @@ for a one-worker trial, that epoch's checkpoint. A restarted trial (a retry afte
 process died, or a resumed search) continues from ``tune.get_checkpoint()``; a trial whose
 record is already final only repeats its last logged result.
 
+A trial process on another node of a cluster does not inherit the driver's environment: the
+driver's ``UNITUNE_*`` variables (the absolute feature cache directory of ``data.feature_cache:
+auto`` among them, see ``unitune.features``) travel in :class:`TrialSetup` and are set in the
+trial process before it trains, so every node caches in the directory the driver resolved.
+
 A mistake of the job (``UserError``) or a diverged loss is not retried: the trial reports
 one last result with :data:`FAILED_KEY` holding the one-line reason and returns; Tune's
 retries stay for processes that died.
@@ -21,7 +26,8 @@ retries stay for processes that died.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Callable
 
 from unitune import tags as T
@@ -42,6 +48,7 @@ class TrialSetup:
     ``job`` already carries the search's budget (``train.epochs = asha.max_epochs``);
     ``objectives`` are ``[(metric, mode), ...]``, the first being the study metric.
     ``train_fn`` replaces ``unitune.train.run_training`` (same signature) in tests.
+    ``env``: the driver's ``UNITUNE_*`` environment variables (see the module docstring).
     """
 
     job: JobSpec
@@ -54,6 +61,7 @@ class TrialSetup:
     storage_path: str
     train_fn: Callable | None = None
     on_step: Callable | None = None   # the driver's step reporter (a search of one trial at a time)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -106,6 +114,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     """
     from ray import tune
 
+    os.environ.update(setup.env)
     trial_id = tune.get_context().get_trial_id()
     tracker = setup.tracker
     run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})

@@ -271,7 +271,7 @@ def _fit(
         if rank == 0:
             metrics.update(validate())
             if cache is not None:
-                metrics["feature_cache_s"] = cache.stats["feature_cache_s"]
+                metrics.update({k: cache.stats[k] for k in ("feature_cache_s", "entries_built", "entries_reused")})
         metrics["epoch_time_s"] = time.perf_counter() - started
         report(metrics, None)
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
