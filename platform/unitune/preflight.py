@@ -30,7 +30,7 @@ from typing import TextIO
 from PIL import Image
 
 from unitune.config import JobSpec
-from unitune.errors import UserError
+from unitune.errors import UserError, first_line, shorten
 
 # The data layer (torch, decord) is imported by the functions that read data, so that
 # `unitune validate` of a synthetic job stays light.
@@ -74,7 +74,7 @@ def check_image(path: str) -> None:
     except Image.DecompressionBombError as exc:
         raise UserError(f"{path}: decompression bomb refused ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on corrupt input
-        raise UserError(f"{path}: cannot decode image ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot decode image ({type(exc).__name__}: {shorten(first_line(exc), 200)})") from None
 
 
 def check_video(path: str) -> None:
@@ -86,7 +86,7 @@ def check_video(path: str) -> None:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - decord/ffmpeg errors
-        raise UserError(f"{path}: cannot decode video ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot decode video ({type(exc).__name__}: {shorten(first_line(exc), 200)})") from None
 
 
 def preflight(job: JobSpec, splits: tuple[str, ...] = ("train", "val", "test"), *,
@@ -268,8 +268,3 @@ def check_resources(job: JobSpec, cluster: dict, nodes: list[dict] | None = None
 
 def _prefix(job: JobSpec) -> str:
     return f"{job.source}: " if job.source else ""
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else "no message"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unitune.errors import UserError
+from unitune.errors import UserError, first_line
 
 
 def _segments(num_total: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +64,7 @@ def open_video(path: str) -> decord.VideoReader:
     except Exception as exc:  # decord raises DECORDError/RuntimeError with ffmpeg's text
         if not os.path.exists(path):
             raise UserError(f"{path}: video file not found") from None
-        raise UserError(f"{path}: cannot open video ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot open video ({first_line(exc)})") from None
     if len(reader) == 0:
         raise UserError(f"{path}: video has zero frames")
     return reader
@@ -85,7 +85,7 @@ def decode_frames(path: str, indices: list[int], reader: decord.VideoReader | No
                 raise
             frames = _aligned_reader(path).get_batch(list(indices)).asnumpy()
     except Exception as exc:
-        raise UserError(f"{path}: cannot decode frames {list(indices)} ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot decode frames {list(indices)} ({first_line(exc)})") from None
     if frames.shape[0] != len(indices):
         raise UserError(f"{path}: decoded {frames.shape[0]} frames, expected {len(indices)}")
     return frames
@@ -126,8 +126,3 @@ def probe_video(path: str) -> int:
     reader = open_video(path)
     decode_frames(path, sorted({0, len(reader) - 1}), reader)
     return len(reader)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -2,8 +2,6 @@
 
 from unitune.choices import MINING_MODES, WARMUP_MODES  # the job file's modes (see unitune.choices)
 
-__all__ = ["MINING_MODES", "WARMUP_MODES", "MiningSchedule", "check_mining"]
-
 
 def check_mining(mining):
     """Raise ValueError naming `mining` unless it is one of MINING_MODES."""
