@@ -35,6 +35,8 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unitune.choices import SYNTHETIC_DEFAULTS
+
 GENERATOR_VERSION = 1
 COLORS = {"red": (215, 45, 45), "green": (40, 165, 65), "blue": (45, 85, 215), "yellow": (225, 195, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -288,13 +290,13 @@ def generate(
     cache_dir: str,
     *,
     modality: str = "image",
-    num_train: int = 512,
-    num_val: int = 128,
-    num_test: int = 128,
-    captions_per_item: int = 3,
-    image_size: int = 64,
-    num_frames: int = 8,
-    seed: int = 0,
+    num_train: int = SYNTHETIC_DEFAULTS["num_train"],
+    num_val: int = SYNTHETIC_DEFAULTS["num_val"],
+    num_test: int = SYNTHETIC_DEFAULTS["num_test"],
+    captions_per_item: int = SYNTHETIC_DEFAULTS["captions_per_item"],
+    image_size: int = SYNTHETIC_DEFAULTS["image_size"],
+    num_frames: int = SYNTHETIC_DEFAULTS["num_frames"],
+    seed: int = SYNTHETIC_DEFAULTS["seed"],
 ) -> str:
     """Generate (once) the synthetic set; returns the path of its `manifest.jsonl`.
 
