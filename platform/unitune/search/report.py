@@ -184,8 +184,9 @@ def _label(ax, name: str, metric: str) -> None:
                       fontsize=LEGEND_PT)
         ax.set_title(f"{metric} of the completed trials by parameter value", y=1.03)
     else:
-        ax.set_title(f"parameter importance for {metric} (fANOVA, completed trials)", loc="left")
-        ax.set_xlabel(f"importance for {metric}")
+        ax.figure.set_size_inches(8.0, 4.8)
+        ax.set_title(f"parameter importance for {metric}", loc="left")
+        ax.set_xlabel(f"importance for {metric} (fANOVA over the completed trials)")
         ax.tick_params(labelsize=LEGEND_PT)
         if ax.get_legend() is not None:
             ax.get_legend().remove()   # one metric: its name is in the title
