@@ -14,7 +14,8 @@ directory (the demo's store). SEARCH is a parent run id, a search id, a trial's 
 Which trial: the best by the search's declared metric and mode (parent params ``metric``,
 ``mode``) or by ``--metric``. A per-epoch metric scores a trial by its best epoch, a
 convergence metric by its final value. A Pareto search (parent param ``objectives``)
-exports its best point on the first objective; ``--pareto`` lists the front instead, and
+exports its best point on the first objective; ``--pareto`` lists the front instead (the
+search summary's: Optuna's best trials, scored by each trial's last report), and
 ``--trial`` exports any trial. Only finished trials count (completed or stopped by ASHA).
 """
 
@@ -70,13 +71,12 @@ def run(args: argparse.Namespace) -> int:
     objectives = _objectives(params)
     metric = args.metric or objectives[0][0]
     mode = _mode_of(metric) if args.metric else objectives[0][1]
-    names = dict(objectives) if args.pareto else {metric: mode}
-    trials = finished_trials(tracker, parent, search_id, list(names))
     if args.pareto:
         if len(objectives) < 2:
             raise UserError(f"--pareto: search {search_id} has one objective ({metric}); drop --pareto")
-        print(format_front(pareto_front(trials, objectives), objectives))
+        print(format_front(pareto_front(tracker, parent, search_id, objectives), objectives))
         return 0
+    trials = finished_trials(tracker, parent, search_id, [metric])
     trial_ref = args.trial or picked_run
     trial = select(trials, trial_ref, metric, mode, search_id)
     base = tracker.read_text(parent.info.run_id, T.BASE_JOB_ARTIFACT)
@@ -258,17 +258,25 @@ def select(trials: list[Trial], ref: str | None, metric: str, mode: str, search_
     return max(scored, key=lambda t: (sign * t.values[metric], t.state == "completed", -order[id(t)]))
 
 
-def pareto_front(trials: list[Trial], objectives: list[tuple[str, str]]) -> list[Trial]:
-    """Trials no other trial dominates (at least as good on every objective, better on one);
-    trials missing an objective are left out."""
+def pareto_front(tracker, parent, search_id: str, objectives: list[tuple[str, str]]) -> list[Trial]:
+    """The search's Pareto front as the search summary has it (``unitune.search.report.pareto_front``:
+    Optuna's ``best_trials``, scored by each trial's last report), with the trials' MLflow runs.
+
+    Raises:
+        UserError: the search's Optuna study is not beside the store.
+    """
+    from unitune.search.report import pareto_front as optuna_front
+    from unitune.search.storage import open_storage
+
+    try:
+        front = optuna_front(open_storage(tracker), search_id)
+    except KeyError:  # optuna: "Record does not exist."
+        raise UserError(f"--pareto: search {search_id}: no Optuna study of it beside {tracker.uri}") from None
+    runs = {t.trial_id: t for t in finished_trials(tracker, parent, search_id, [])}
     names = [m for m, _ in objectives]
-    signs = [1 if mode == "max" else -1 for _, mode in objectives]
-    pts = [(t, [s * t.values[m] for m, s in zip(names, signs)]) for t in trials if all(m in t.values for m in names)]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
-    return [t for t, p in pts if not any(dominates(q, p) for _, q in pts)]
+    return [Trial(trial_id, runs[trial_id].run_id, runs[trial_id].state, runs[trial_id].params,
+                  dict(zip(names, frozen.values)))
+            for frozen in front if (trial_id := frozen.user_attrs.get("trial_id")) in runs]
 
 
 def format_front(front: list[Trial], objectives: list[tuple[str, str]]) -> str:

@@ -42,7 +42,7 @@ from unitune.search.live import DriverCallback
 from unitune.search.record import Recorder
 from unitune.search.report import summarize, write_artifacts
 from unitune.search.space import distribution, make_searcher
-from unitune.search.storage import check_tune_storage, tune_storage
+from unitune.search.storage import check_tune_storage, open_storage, optuna_storage_url, tune_storage
 from unitune.search.trial import TrialSetup, run_trial, trial_resources
 from unitune.tracking import Tracker, sqlite_lock
 
@@ -78,26 +78,6 @@ def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
 def space_name(space: SearchSpaceSpec) -> str:
     """The space's file name without suffix (``unified``), or ``space`` for one built in code."""
     return Path(space.source).stem if space.source is not None else "space"
-
-
-def optuna_storage_url(tracking_uri: str) -> str:
-    """``sqlite:///<dir>/optuna.db`` beside a sqlite/file MLflow store, else in the cwd."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.db")
-    if parsed.scheme == "file":
-        return "sqlite:///" + str(Path(parsed.path).parent / "optuna.db")
-    return "sqlite:///" + str(Path.cwd() / "optuna.db")
-
-
-def open_storage(tracker: Tracker) -> optuna.storages.RDBStorage:
-    """The Optuna storage of a store's searches (created once, under a lock)."""
-    url = optuna_storage_url(tracker.uri)
-    lock = sqlite_lock(url)
-    if lock is None:
-        return optuna.storages.RDBStorage(url)
-    with file_lock(lock):
-        return optuna.storages.RDBStorage(url)
 
 
 def search_job(job: JobSpec, space: SearchSpaceSpec) -> JobSpec:

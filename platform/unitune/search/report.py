@@ -26,6 +26,14 @@ from unitune.tracking import param_value
 from unitune.terminal import num
 
 
+def pareto_front(storage, search_id: str) -> list[optuna.trial.FrozenTrial]:
+    """The Pareto front of a multi-objective search: Optuna's ``best_trials`` of its study,
+    the completed trials no other completed trial dominates, each scored by the values told
+    to Optuna when it ended (its last report). Trials stopped by ASHA (pruned), failed or
+    unfinished are not on it. The search summary and ``unitune export --pareto`` list it."""
+    return optuna.load_study(study_name=search_id, storage=storage).best_trials
+
+
 def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
     """Trials of the search (from MLflow) and the best one.
 
@@ -53,8 +61,7 @@ def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
     best = max(scored, key=lambda t: sign * t["metrics"]["best_value"], default=None)
     pareto = None
     if space.objectives and storage is not None:
-        study = optuna.load_study(study_name=setup.search_id, storage=storage)
-        pareto = [t.user_attrs.get("trial_id") for t in study.best_trials]
+        pareto = [t.user_attrs.get("trial_id") for t in pareto_front(storage, setup.search_id)]
     return {"search_id": setup.search_id, "parent_run_id": setup.parent_run_id,
             "experiment": setup.experiment, "metric": setup.metric, "mode": setup.mode,
             "target": setup.target, "trials": trials, "best": best, "pareto": pareto}

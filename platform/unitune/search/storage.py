@@ -1,4 +1,5 @@
-"""Where Ray Tune keeps a search's state (what ``--resume`` continues from).
+"""Where a search keeps its state: Ray Tune's (what ``--resume`` continues from) and the
+Optuna study's (``optuna.db`` beside a local MLflow store).
 
 ``search.storage`` unset: ``.unitune/tune`` in the working directory. Set: a path (on the
 cluster's shared filesystem for a submitted search) or a URI that Ray Tune's storage layer
@@ -10,8 +11,15 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from unitune.errors import UserError
+from unitune.locks import file_lock
+from unitune.tracking import Tracker, sqlite_lock
+
+if TYPE_CHECKING:
+    import optuna
 
 DEFAULT_TUNE_DIR = ".unitune/tune"
 
@@ -59,3 +67,25 @@ def check_tune_storage(storage: str | None) -> None:
         raise UserError(f"search.storage: {path}: not writable ({exc.strerror or exc})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"search.storage: {path}: not writable")
+
+
+def optuna_storage_url(tracking_uri: str) -> str:
+    """``sqlite:///<dir>/optuna.db`` beside a sqlite/file MLflow store, else in the cwd."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.db")
+    if parsed.scheme == "file":
+        return "sqlite:///" + str(Path(parsed.path).parent / "optuna.db")
+    return "sqlite:///" + str(Path.cwd() / "optuna.db")
+
+
+def open_storage(tracker: Tracker) -> optuna.storages.RDBStorage:
+    """The Optuna storage of a store's searches (created once, under a lock)."""
+    import optuna
+
+    url = optuna_storage_url(tracker.uri)
+    lock = sqlite_lock(url)
+    if lock is None:
+        return optuna.storages.RDBStorage(url)
+    with file_lock(lock):
+        return optuna.storages.RDBStorage(url)
