@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 # Command modules import torch, Ray, Optuna and MLflow only inside run(); none imports this module.
 from unitune import __version__, evaluate, export, terminal, ui
-from unitune.commands import logs, status, stop, submit, train, validate
+from unitune.commands import logs, results, status, stop, submit, train, validate
 from unitune.errors import UserError
 from unitune.search import command as search
 from unitune.study import command as study
@@ -52,6 +52,8 @@ COMMANDS: list[Command] = [
     Command("logs", "logs of a submitted search", logs.add_arguments, logs.run),
     Command("stop", "stop a submitted search", stop.add_arguments, stop.run),
     Command("ui", "browse a job's MLflow store in the MLflow UI", ui.add_arguments, ui.run),
+    Command("results", "a search's trials at the prompt (table, csv, json), or searches side by side",
+            results.add_arguments, results.run),
 ]
 
 
