@@ -19,6 +19,14 @@ from test_study import write_job
 # test RSUM of each final run, by hand: uni 200 + 4·seed; vlc 203 + 5·seed
 TEST_RSUM = {("uni", 0): 200.0, ("uni", 1): 204.0, ("vlc", 0): 203.0, ("vlc", 1): 208.0}
 TRIAL_BEST = {"t0": 90.0, "t1": 120.0}   # t1 is each search's best trial
+# t1's lr is the uni space's upper bound (loguniform 1e-3..3e-3); vlc does not search lr
+BOUND_WARNING = ("uni: best optim.lr=0.003 lies at the high end of its range [0.001, 0.003]: "
+                 "widen optim.lr's high bound")
+
+
+def recall(final, k, direction):
+    """A final run's test R@k, distinct per k and direction."""
+    return final / 6 + k + (0.5 if direction == "t2i" else 0.0)
 
 
 class Fakes:
@@ -38,7 +46,7 @@ class Fakes:
             run = tracker.start_run(job.experiment, f"{search_id}-{trial}", parent_run_id=parent, tags={
                 "unitune.search_id": search_id, "unitune.trial_id": trial, "unitune.role": "trial",
                 "unitune.state": "completed", "unitune.epochs_run": 2})
-            tracker.log_params(run, {"optim.lr": 0.002 if trial == "t1" else 0.001})
+            tracker.log_params(run, {"optim.lr": 0.003 if trial == "t1" else 0.002})
             for epoch, value in enumerate([10.0, best / 2, best]):
                 tracker.log_metrics(run, {"rsum": value}, step=epoch)
             tracker.end_run(run)
@@ -59,7 +67,7 @@ class Fakes:
         for epoch in range(job.train.epochs + 1):
             tracker.log_metrics(run, {"rsum": final * epoch / job.train.epochs, "train_time_s": 3.0 * epoch},
                                 step=epoch)
-        tracker.log_metrics(run, {"test_rsum": final, **{f"test_r{k}_{d}": final / 6 for k in (1, 5, 10)
+        tracker.log_metrics(run, {"test_rsum": final, **{f"test_r{k}_{d}": recall(final, k, d) for k in (1, 5, 10)
                                                         for d in ("i2t", "t2i")}}, step=job.train.epochs)
         tracker.end_run(run)
         return {"run_id": run}
@@ -91,8 +99,12 @@ def test_interrupted_study_resumes_without_rerunning_and_reports(flow, capsys):
     assert fakes.searches == [("uni", False), ("vlc", False)]
     assert [j.name for j in fakes.trains] == ["st-uni-seed0", "st-uni-seed1", "st-vlc-seed0"]
 
+    assert f"unitune: warning: {BOUND_WARNING}" in capsys.readouterr().err.splitlines()
+
     fakes.interrupt_at = None
     assert main(["study", job, "--quiet", "--resume"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unitune: warning")]
+    assert warnings == [f"unitune: warning: {BOUND_WARNING}"]   # the found search warns again, once
     assert fakes.searches == [("uni", False), ("vlc", False)]           # both searches were done
     assert [j.name for j in fakes.trains[3:]] == ["st-vlc-seed0", "st-vlc-seed1"]
     [study] = _runs(tracker, **{"unitune.role": "study"})
@@ -102,7 +114,7 @@ def test_interrupted_study_resumes_without_rerunning_and_reports(flow, capsys):
     # the final jobs: the best trial (t1) exported, seed s, the study's final epochs
     trials = {r.data.tags["unitune.search_id"]: r.info.run_id for r in _runs(tracker, **{"unitune.trial_id": "t1"})}
     for j in fakes.trains:
-        assert j.train.epochs == 3 and j.optim.lr == 0.002 and j.seed == int(j.name[-1])
+        assert j.train.epochs == 3 and j.optim.lr == 0.003 and j.seed == int(j.name[-1])
         assert j.tracking.source_run in trials.values() and j.experiment == "st"
     finals = _runs(tracker, **{"unitune.role": "final", "unitune.study_id": study_id})
     assert sorted((r.data.tags["unitune.family"], r.data.tags["unitune.seed"]) for r in finals) == [
@@ -122,6 +134,13 @@ def test_interrupted_study_resumes_without_rerunning_and_reports(flow, capsys):
     md = tracker.read_text(run_id, "study.md")
     assert "vlc \u2212 uni: +3.5 RSUM, 95% CI \u22122.9 to +9.9 over 2 seeds: not resolved" in md
     assert "| vlc **(best)** |" in md
+    assert f"\n- {BOUND_WARNING}\n" in md
+    # R@1/5/10 of both directions: means over the seeds, in the table and the CSV
+    assert "| R@1/5/10 i\u2192t | R@1/5/10 t\u2192i |" in md
+    uni = {(k, d): (recall(200.0, k, d) + recall(204.0, k, d)) / 2 for k in (1, 5, 10) for d in ("i2t", "t2i")}
+    cells = " | ".join("/".join(f"{uni[k, d]:.1f}" for k in (1, 5, 10)) for d in ("i2t", "t2i"))
+    assert f"| {cells} |" in md.split("\n| uni |")[1].split("\n")[0] + " |"
+    assert {key: float(rows[0][f"test_r{key[0]}_{key[1]}"]) for key in uni} == pytest.approx(uni)
     # convergence of the final runs: target 40 reached at epoch 1 (rsum 200/3 > 40) by every run
     assert rows[0]["reached_target"] == "2" and float(rows[0]["epochs_to_target"]) == 1.0
     assert float(rows[0]["normalized_auc"]) == pytest.approx((200 / 3 + 400 / 3 + 200 + 204 / 3 + 408 / 3 + 204)
@@ -137,3 +156,63 @@ def test_resume_with_nothing_to_resume_is_refused(flow, capsys):
     assert main(["study", job, "--quiet", "--resume"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unitune: error")]
     assert len(errors) == 1 and "--resume: no interrupted study" in errors[0]
+
+
+def test_plots_show_mean_band_target_and_the_best_family(tmp_path, monkeypatch):
+    """The two pictures, read back from the figures: validation curves (mean line, min–max
+    band over seeds, target line, readable labels, the best family marked) and the test
+    metric per family with its 95% interval (scipy's t interval)."""
+    import matplotlib.figure
+    from matplotlib.collections import PolyCollection
+    from scipy import stats as sp
+
+    from unitune.study import report
+    from unitune.study.runner import FinalRun, SearchOutcome, StudyResult
+
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **kw: (figures.append(fig), real_savefig(fig, *a, **kw))[1])
+    curves = {("uni", 0): [10.0, 50.0, 100.0], ("uni", 1): [20.0, 60.0, 110.0],
+              ("vlc", 0): [10.0, 40.0, 150.0], ("vlc", 1): [30.0, 80.0, 170.0]}
+    test = {("uni", 0): 100.0, ("uni", 1): 110.0, ("vlc", 0): 160.0, ("vlc", 1): 175.0}
+    families = [SimpleNamespace(name=n, path=tmp_path / f"{n}.yaml") for n in ("uni", "vlc")]
+    plan = SimpleNamespace(families=families, reference=families[0], metric="rsum", mode="max", target=40.0,
+                           seeds=2, final_epochs=2)
+    finals = [FinalRun(f, s, f"run-{f}{s}", {"test_rsum": test[f, s]},
+                       [{"epoch": e, "rsum": v, "train_time_s": float(e)} for e, v in enumerate(curve)])
+              for (f, s), curve in curves.items()]
+    searches = {f.name: SearchOutcome(f.name, f"s-{f.name}", "p", "t1", "r", 1.0, {}, 4, 1.0) for f in families}
+    result = StudyResult("st-study-1", "run", searches, finals, 1.0)
+    rows = report.family_rows(plan, result)
+    report.plots(plan, result, rows, tmp_path / "plots")
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "test.png"]
+    curves_fig, test_fig = figures
+
+    (ax,) = curves_fig.axes
+    assert ax.get_ylabel() == "validation RSUM" and ax.get_xlabel().startswith("epoch")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["uni", "vlc (best on test)", "target 40"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["uni"].get_ydata()) == [15.0, 55.0, 105.0]          # mean over the 2 seeds
+    assert list(lines["vlc (best on test)"].get_ydata()) == [20.0, 60.0, 160.0]
+    assert lines["vlc (best on test)"].get_linewidth() > lines["uni"].get_linewidth()
+    assert list(lines["target 40"].get_ydata()) == [40.0, 40.0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2
+    uni_band = bands[0].get_paths()[0].vertices
+    assert {(x, y) for x, y in uni_band} >= {(0, 10.0), (1, 50.0), (2, 100.0), (0, 20.0), (1, 60.0), (2, 110.0)}
+
+    (ax,) = test_fig.axes
+    assert ax.get_ylabel() == "test RSUM"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["uni", "vlc\n(best)"]
+    from matplotlib.collections import LineCollection
+
+    segments = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    for i, family in enumerate(("uni", "vlc")):
+        values = [test[family, s] for s in (0, 1)]
+        low, high = sp.t.interval(0.95, 1, loc=sum(values) / 2, scale=sp.sem(values))
+        (bar,) = [seg for seg in segments if seg[0][0] == i]   # the error bar of family i
+        assert sorted(y for _, y in bar) == [pytest.approx(low), pytest.approx(high)]
+    markers = [line for line in ax.get_lines() if line.get_marker() == "o"]   # the means, not the caps
+    assert [line.get_color() for line in markers] == ["tab:blue", "tab:red"]   # the best in red

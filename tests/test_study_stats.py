@@ -76,3 +76,33 @@ def test_verdicts_never_overstate():
     assert verdict("a", "b", paired_difference({0: 3.0}, {0: 1.0}), "RSUM").endswith(
         "over 1 seed: no interval from one seed: not resolved")
     assert (signed(3.14), signed(-0.4), signed(0.01)) == ("+3.1", "\u22120.4", "0.0")
+
+
+def test_equal_differences_up_to_float_rounding_have_no_spread():
+    # Every seed differs by exactly 3.1 in decimal; in floats the three differences differ in
+    # their last bits (std ~1.6e-14), which gave a "95% CI +3.1 to +3.1: resolved".
+    a, b = {0: 270.7, 1: 263.7, 2: 236.7}, {0: 267.6, 1: 260.6, 2: 233.6}
+    assert len({a[s] - b[s] for s in a}) > 1   # the floats are not equal
+    d = paired_difference(a, b)
+    assert d.std == 0.0 and d.mean == pytest.approx(3.1)
+    assert verdict("a", "b", d, "RSUM") == \
+        "a \u2212 b: +3.1 RSUM, the same on every seed (3 seeds; no spread, so no interval): not resolved"
+    assert interval([0.1, 0.1, 0.1]).std == 0.0
+    # a real spread, however small against the values, is still one
+    assert interval([258.7, 258.7 + 1e-4]).std == pytest.approx(sp.tstd([258.7, 258.7 + 1e-4]))
+
+
+def test_a_bound_near_zero_is_shown_with_its_sign():
+    # 2 seeds, differences 11.7362 and 13.7362: the interval's low end is +0.03 (scipy), which
+    # one decimal would show as "0.0" next to "resolved"
+    a, b = {0: 111.7362, 1: 113.7362}, {0: 100.0, 1: 100.0}
+    low, high = sp.ttest_rel([a[0], a[1]], [b[0], b[1]]).confidence_interval(0.95)
+    assert 0.0 < low < 0.05
+    line = verdict("a", "b", paired_difference(a, b), "RSUM")
+    assert line == f"a \u2212 b: +12.7 RSUM, 95% CI +{low:.2f} to +{high:.2f} over 2 seeds: resolved, a better"
+    # just below 0: not resolved, and the low end keeps its minus sign (not "0.0")
+    a = {0: 111.6762, 1: 113.6762}
+    low, high = sp.ttest_rel([a[0], a[1]], [b[0], b[1]]).confidence_interval(0.95)
+    assert -0.05 < low < 0.0
+    line = verdict("a", "b", paired_difference(a, b), "RSUM")
+    assert line == f"a \u2212 b: +12.7 RSUM, 95% CI \u2212{-low:.2f} to +{high:.2f} over 2 seeds: not resolved"

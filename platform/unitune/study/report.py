@@ -109,6 +109,10 @@ def markdown(plan, result, rows: list[dict], command: str | None = None) -> str:
             f"| {r['reached']}/{r['seeds']} | {_num(r['epochs_to_target'], 0)} | {_num(r['seconds_to_target'], 0)} "
             f"| {_num(r['auc'], 3)} | {r['search_trial_epochs']} | {_num(r['search_wall_s'], 0)} |")
     lines += ["", "Verdicts:", ""] + [f"- {v}" for v in verdicts(plan, rows)]
+    bounds = [f"- {name}: {w}" for name, search in result.searches.items() for w in search.at_bounds]
+    if bounds:
+        lines += ["", "Search bounds (a family's best value at the edge of its range; the family may do "
+                  "better beyond it):", "", *bounds]
     lines += ["", "Method: mean ± sample standard deviation over seeds; 95% CI = Student t interval of the "
               "mean; paired difference = t interval over the seed-paired differences (same seed, same "
               "initial weights and data order); a comparison is resolved only when that interval excludes 0 "

@@ -30,6 +30,7 @@ from unitune import cluster, export
 from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.search.driver import run_search
+from unitune.search.report import bound_warnings
 from unitune import tags as T
 from unitune.study.plan import Family, StudyPlan
 from unitune.tracking import Tracker
@@ -49,6 +50,7 @@ class SearchOutcome:
     params: dict
     trial_epochs: int
     wall_s: float
+    at_bounds: list[str] = field(default_factory=list)   # best values at the edge of their range
 
 
 @dataclass
@@ -137,6 +139,8 @@ def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = No
         finals: list[FinalRun] = []
         for family in plan.families:
             searches[family.name] = _search(tracker, plan, family, study_id, address, resume, verbose, out)
+            for warning in searches[family.name].at_bounds:
+                print(f"unitune: warning: {family.name}: {warning}", file=sys.stderr)
             finals += _final_runs(tracker, plan, family, searches[family.name], study_id, out)
         result = StudyResult(study_id, run_id, searches, finals, time.monotonic() - started)
         write_report(tracker, plan, result, command=command, out=out)
@@ -181,7 +185,8 @@ def _search(tracker: Tracker, plan: StudyPlan, family: Family, study_id: str, ad
 
 
 def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) -> SearchOutcome:
-    """The search's best trial by the study metric, its cost (trial-epochs, wall time)."""
+    """The search's best trial by the study metric, its cost (trial-epochs, wall time) and
+    the warnings of ``unitune search`` for best values at the edge of their range."""
     parent = tracker.client.get_run(parent_id)
     search_id = parent.data.tags[T.SEARCH]
     trials = export.finished_trials(tracker, parent, search_id, [plan.metric])
@@ -191,7 +196,8 @@ def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) 
     info = parent.info
     wall = ((info.end_time or info.start_time) - info.start_time) / 1000.0
     return SearchOutcome(family.name, search_id, parent_id, best.trial_id, best.run_id,
-                         best.values[plan.metric], best.params, trial_epochs, wall)
+                         best.values[plan.metric], best.params, trial_epochs, wall,
+                         bound_warnings({"best": {"params": best.params}}, family.space))
 
 
 def final_job(tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, seed: int) -> JobSpec:

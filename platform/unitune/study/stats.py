@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
+SAME = 1e-9   # values closer than this (relative to their size, at least 1) are equal
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def t_quantile(p: float, df: int) -> float:
 def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
     """Mean, sample std and the two-sided t interval of the mean of ``values``.
 
-    One value: std and interval NaN. Zero spread: an interval of width 0 (see :func:`verdict`).
+    One value: std and interval NaN. Zero spread (the values equal within :data:`SAME`,
+    so float rounding of equal differences counts as none): std 0 and an interval of width
+    0 (see :func:`verdict`).
 
     Raises:
         ValueError: no values, or a non-finite one.
@@ -113,6 +116,10 @@ def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interva
     mean = math.fsum(xs) / n
     if n < 2:
         return Interval(n, mean, math.nan, math.nan, math.nan)
+    if max(xs) - min(xs) <= SAME * max(1.0, max(abs(v) for v in xs)):
+        # Equal values up to rounding (260.7 − 257.6 and 263.7 − 260.6 differ in the last
+        # bits): no spread, not an interval of width 1e-14 that would "resolve" anything.
+        return Interval(n, mean, 0.0, mean, mean)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in xs) / (n - 1))
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
     return Interval(n, mean, std, mean - half, mean + half)
@@ -152,7 +159,12 @@ def verdict(name: str, reference: str, diff: Interval, metric: str, mode: str = 
     seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
     if diff.n < 2:
         return f"{head} over {seeds}: no interval from one seed: not resolved"
-    ci = f"95% CI {signed(diff.low, digits)} to {signed(diff.high, digits)} over {seeds}"
+    # A nonzero bound is never shown as 0.0: "CI 0.0 to +6.6: resolved" would read as a
+    # contradiction, "CI 0.0 to +6.6: not resolved" would hide which side of 0 it lies on.
+    ci_digits = digits
+    while ci_digits < 6 and any(v != 0.0 and float(f"{abs(v):.{ci_digits}f}") == 0.0 for v in (diff.low, diff.high)):
+        ci_digits += 1
+    ci = f"95% CI {signed(diff.low, ci_digits)} to {signed(diff.high, ci_digits)} over {seeds}"
     if diff.std == 0.0:
         if diff.mean == 0.0:
             return f"{head}, identical on every seed ({seeds}): no difference"
