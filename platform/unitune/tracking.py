@@ -279,6 +279,38 @@ class Tracker:
         else:
             self.client.log_artifact(run_id, str(local_path), artifact_path)
 
+    def log_model(self, run_id: str, name: str, *, flavor, step: int = 0, register_as: str | None = None,
+                  **flavor_args) -> tuple[str, str | None]:
+        """Log an MLflow model of ``flavor`` (a module such as ``mlflow.pyfunc``; ``flavor_args``
+        go to its ``save_model``) as run ``run_id``'s logged model ``name``, linked to the run's
+        metrics at ``step``; with ``register_as``, also as a new version of that registered model
+        in this store's registry. Returns ``(model URI, registered version or None)``."""
+        import warnings
+
+        from mlflow.models import Model
+
+        with self._as_global_store(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="An input example was not provided")
+            info = Model.log(artifact_path=None, name=name, flavor=flavor, run_id=run_id, step=step,
+                             registered_model_name=register_as, **flavor_args)
+        version = info.registered_model_version
+        return info.model_uri, None if version is None else str(version)
+
+    def download(self, uri: str, dst: str | os.PathLike) -> Path:
+        """Download a run, model or registered-model URI of this store (``runs:/RUN_ID/PATH``,
+        ``models:/NAME/VERSION``, ``models:/MODEL_ID``) into ``dst``; -> the local path."""
+        import mlflow.artifacts
+
+        with self._as_global_store():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
+    def _as_global_store(self):
+        """MLflow's model logging and ``models:/`` URIs read the global tracking (and registry)
+        URI: this store's, for the ``with`` block only."""
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        return _use_tracking_uri(self.uri)
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         """Set (or overwrite) tags; values become strings."""
         from mlflow.entities import RunTag

@@ -255,12 +255,22 @@ class RaySpec(Spec):
 class TrackingSpec(Spec):
     """MLflow store. ``experiment: None`` uses the job name. ``source_run``: the MLflow run id
     of the search trial a job was exported from (``unitune export``); ``unitune train`` tags
-    its run with it (``unitune.source_run``)."""
+    its run with it (``unitune.source_run``). ``register_as``: ``unitune train`` registers
+    its model under this name in the store's model registry (a new version each run)."""
 
     uri: str = DEFAULT_STORE
     artifact_location: str | None = DEFAULT_ARTIFACTS
     experiment: str | None = None
     source_run: str | None = None
+    register_as: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
+
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or ":" in value or value != value.strip()):
+            # ``models:/NAME/VERSION`` must parse back to the name.
+            raise ValueError("a registered model name holds no '/' or ':' and no outer spaces")
+        return value
 
 
 class SearchRef(Spec):

@@ -66,11 +66,29 @@ def save_model(model: DualEncoder, directory: str | Path) -> Path:
     return directory
 
 
-def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> DualEncoder:
+def load_model(source: str | Path, map_location: str | torch.device = "cpu", *,
+               tracking_uri: str | None = None) -> DualEncoder:
     """Rebuild a model written by `save_model` (weights via torch.load(weights_only=True)),
-    needing neither the original checkpoint nor captions. Raises UserError when the
-    directory holds no saved model."""
-    directory = Path(directory)
+    needing neither the original checkpoint nor captions.
+
+    `source`: a `save_model` directory (a downloaded `model` artifact); a local MLflow model
+    directory (the pyfunc `unitune train` logs); or a run or model URI (`runs:/RUN_ID/model`,
+    `models:/NAME/VERSION`) in the store `tracking_uri` (default: MLflow's own setting).
+    Only the last two import MLflow (`unitune.pyfunc`). Raises UserError when `source` holds
+    no saved model or cannot be downloaded."""
+    directory = Path(source)
+    is_uri = ":/" in str(source) and not directory.exists()
+    if is_uri or (directory / "MLmodel").is_file():
+        import tempfile
+
+        from unitune.pyfunc import local_model_dir
+
+        with tempfile.TemporaryDirectory(prefix="unitune-model-") as tmp:
+            return _load_dir(local_model_dir(str(source), tracking_uri, dst=tmp), map_location)
+    return _load_dir(directory, map_location)
+
+
+def _load_dir(directory: Path, map_location: str | torch.device) -> DualEncoder:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise UserError(f"{directory}: no saved model ({CONFIG_FILE} and {WEIGHTS_FILE} expected)")

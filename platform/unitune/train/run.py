@@ -4,12 +4,12 @@ The workers only report (``ray.train.report``); a Ray Train callback on the cont
 (which Ray places on the driver's node) writes each report to MLflow as it arrives, so the
 MLflow run fills in live and keeps what was logged if the run later fails.
 
-The trained model is the run's ``model`` artifact directory; to embed with it::
+The trained model is the run's ``model`` artifact directory (``save_model`` format) and,
+around it, the run's MLflow model (``unitune.pyfunc``: images and captions in, embeddings
+out), registered as a new version of ``tracking.register_as`` when set. The PyTorch object::
 
-    import mlflow
     from unitune.models import load_model
-    model = load_model(mlflow.artifacts.download_artifacts(run_id=RUN_ID, artifact_path="model",
-                                                           tracking_uri="sqlite:///mlruns.db"))
+    model = load_model(f"runs:/{RUN_ID}/model", tracking_uri="sqlite:///mlruns.db")   # or models:/NAME/1
     tokens = model.tokenize(["a dog on a beach"])
     text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])   # [1, D]
     image = model.encode_image(model.image_transform(train=False)(pil_image)[None])
@@ -18,6 +18,7 @@ The trained model is the run's ``model`` artifact directory; to embed with it::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -202,13 +203,23 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         with steps, terminal.to_log():
             result = trainer.fit()
         with result.checkpoint.as_directory() as directory:
+            # The saved model (`unitune eval --run`, `load_model`) and the MLflow model around it.
             tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
+            from unitune import pyfunc
+
+            with contextlib.redirect_stderr(terminal.log_stream()):   # MLflow's registration lines
+                model_uri, version = pyfunc.log(tracker, run_id, Path(directory) / MODEL_DIR,
+                                                step=int(result.metrics["epoch"]),
+                                                register_as=job.tracking.register_as)
         # The model is in MLflow now; the resume checkpoints of a finished run are not needed.
         shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
         out(format_table(result.metrics))
         out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {mask_uri(tracker.uri)}")
+        registered = f"models:/{job.tracking.register_as}/{version}" if version else None
+        out(f"model: {registered or model_uri} (mlflow.pyfunc.load_model; "
+            + ("registered" if registered else "register it with --register NAME") + ")")
         status = "FINISHED"
-        return {**result.metrics, "run_id": run_id}
+        return {**result.metrics, "run_id": run_id, "model_uri": registered or model_uri}
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise KeyboardInterrupt from None
