@@ -158,6 +158,40 @@ def test_resume_with_nothing_to_resume_is_refused(flow, capsys):
     assert len(errors) == 1 and "--resume: no interrupted study" in errors[0]
 
 
+def hand_study(tmp_path, curves, test, target=40.0):
+    """A study's plan and result built by hand: validation ``curves`` and ``test`` RSUM per
+    (family, seed), for the report's functions."""
+    from unitune.study.runner import FinalRun, SearchOutcome, StudyResult
+
+    names = list(dict.fromkeys(f for f, _ in curves))
+    families = [SimpleNamespace(name=n, path=tmp_path / f"{n}.yaml") for n in names]
+    plan = SimpleNamespace(families=families, reference=families[0], metric="rsum", mode="max", target=target,
+                           seeds=len(curves) // len(names), final_epochs=len(next(iter(curves.values()))) - 1)
+    finals = [FinalRun(f, s, f"run-{f}{s}", {"test_rsum": test[f, s]},
+                       [{"epoch": e, "rsum": v, "train_time_s": float(e)} for e, v in enumerate(curve)])
+              for (f, s), curve in curves.items()]
+    searches = {f.name: SearchOutcome(f.name, f"s-{f.name}", "p", "t1", "r", 1.0, {}, 4, 1.0) for f in families}
+    return plan, StudyResult("st-study-1", "run", searches, finals, 1.0)
+
+
+def test_a_target_half_the_seeds_never_reached_reads_never(tmp_path):
+    from unitune.study import report
+
+    # target 100, budget 2 epochs: uni seed 0 reaches it at epoch 2, seed 1 never (budget + 1 = 3);
+    # vlc reaches it at epochs 1 and 2
+    curves = {("uni", 0): [10.0, 50.0, 100.0], ("uni", 1): [20.0, 60.0, 90.0],
+              ("vlc", 0): [10.0, 120.0, 150.0], ("vlc", 1): [30.0, 80.0, 170.0]}
+    test = {key: 100.0 + i for i, key in enumerate(curves)}
+    plan, result = hand_study(tmp_path, curves, test, target=100.0)
+    rows = report.family_rows(plan, result)
+    assert (rows[0]["reached"], rows[0]["epochs_to_target"]) == (1, 3)   # not (2 + 3) / 2 = 2.5
+    assert (rows[1]["reached"], rows[1]["epochs_to_target"]) == (2, 2)
+    md = report.markdown(plan, result, rows)
+    table = {line.split(" | ")[0].strip("| *(best)"): line.split(" | ") for line in md.splitlines()
+             if line.startswith(("| uni", "| vlc"))}
+    assert table["uni"][7:9] == ["1/2", "never"] and table["vlc"][7:9] == ["2/2", "2"]
+
+
 def test_plots_show_mean_band_target_and_the_best_family(tmp_path, monkeypatch):
     """The two pictures, read back from the figures: validation curves (mean line, min–max
     band over seeds, target line, readable labels, the best family marked) and the test
@@ -167,7 +201,6 @@ def test_plots_show_mean_band_target_and_the_best_family(tmp_path, monkeypatch):
     from scipy import stats as sp
 
     from unitune.study import report
-    from unitune.study.runner import FinalRun, SearchOutcome, StudyResult
 
     figures = []
     real_savefig = matplotlib.figure.Figure.savefig
@@ -176,14 +209,7 @@ def test_plots_show_mean_band_target_and_the_best_family(tmp_path, monkeypatch):
     curves = {("uni", 0): [10.0, 50.0, 100.0], ("uni", 1): [20.0, 60.0, 110.0],
               ("vlc", 0): [10.0, 40.0, 150.0], ("vlc", 1): [30.0, 80.0, 170.0]}
     test = {("uni", 0): 100.0, ("uni", 1): 110.0, ("vlc", 0): 160.0, ("vlc", 1): 175.0}
-    families = [SimpleNamespace(name=n, path=tmp_path / f"{n}.yaml") for n in ("uni", "vlc")]
-    plan = SimpleNamespace(families=families, reference=families[0], metric="rsum", mode="max", target=40.0,
-                           seeds=2, final_epochs=2)
-    finals = [FinalRun(f, s, f"run-{f}{s}", {"test_rsum": test[f, s]},
-                       [{"epoch": e, "rsum": v, "train_time_s": float(e)} for e, v in enumerate(curve)])
-              for (f, s), curve in curves.items()]
-    searches = {f.name: SearchOutcome(f.name, f"s-{f.name}", "p", "t1", "r", 1.0, {}, 4, 1.0) for f in families}
-    result = StudyResult("st-study-1", "run", searches, finals, 1.0)
+    plan, result = hand_study(tmp_path, curves, test)
     rows = report.family_rows(plan, result)
     report.plots(plan, result, rows, tmp_path / "plots")
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curves.png", "test.png"]

@@ -28,9 +28,14 @@ def _num(value: float, digits: int = 1) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _median(values: list[float]) -> float:
+def _median(values: list[float], median=statistics.median) -> float:
     finite = [v for v in values if math.isfinite(v)]
-    return statistics.median(finite) if finite else math.nan
+    return median(finite) if finite else math.nan
+
+
+def _epochs(value: float, budget: int) -> str:
+    """Epochs to the target for the table: past the budget (budget + 1) reads "never"."""
+    return "never" if math.isfinite(value) and value > budget else _num(value, 0)
 
 
 def family_rows(plan, result) -> list[dict]:
@@ -55,7 +60,9 @@ def family_rows(plan, result) -> list[dict]:
             "recalls": {k: statistics.fmean(r.metrics[f"test_{k}"] for r in runs) if runs and all(
                 f"test_{k}" in r.metrics for r in runs) else math.nan for k in RECALLS},
             "reached": sum(c["target_reached"] == 1.0 for c in conv),
-            "epochs_to_target": _median([c["epochs_to_target"] for c in conv]),
+            # median_high: an epoch some run has; with an even count the slower of the middle
+            # two, so a never-reached budget + 1 is not averaged into an epoch nobody reached
+            "epochs_to_target": _median([c["epochs_to_target"] for c in conv], statistics.median_high),
             "seconds_to_target": _median([c["seconds_to_target"] for c in conv]),
             "auc": _median([c["normalized_auc"] for c in conv]),
         }
@@ -106,7 +113,8 @@ def markdown(plan, result, rows: list[dict], command: str | None = None) -> str:
         lines.append(
             f"| {r['family']}{mark} | {_num(r['search_best_val'])} | {mean} | {_ci(test)} | {paired} "
             f"| {'/'.join(_num(rc[k]) for k in RECALLS[:3])} | {'/'.join(_num(rc[k]) for k in RECALLS[3:])} "
-            f"| {r['reached']}/{r['seeds']} | {_num(r['epochs_to_target'], 0)} | {_num(r['seconds_to_target'], 0)} "
+            f"| {r['reached']}/{r['seeds']} | {_epochs(r['epochs_to_target'], plan.final_epochs)} "
+            f"| {_num(r['seconds_to_target'], 0)} "
             f"| {_num(r['auc'], 3)} | {r['search_trial_epochs']} | {_num(r['search_wall_s'], 0)} |")
     lines += ["", "Verdicts:", ""] + [f"- {v}" for v in verdicts(plan, rows)]
     bounds = [f"- {name}: {w}" for name, search in result.searches.items() for w in search.at_bounds]
@@ -118,7 +126,8 @@ def markdown(plan, result, rows: list[dict], command: str | None = None) -> str:
               "initial weights and data order); a comparison is resolved only when that interval excludes 0 "
               "(each read on its own, no multiple-comparison correction). Convergence columns are medians "
               f"over the final runs: epochs to the target (never reached = {plan.final_epochs + 1}, i.e. "
-              "budget + 1), seconds to it among the runs that reached it, and the validation AUC over the "
+              "budget + 1, in study.csv; \"never\" here; the higher middle value for an even count), "
+              "seconds to it among the runs that reached it, and the validation AUC over the "
               "full final budget normalised by the metric's maximum (600 for RSUM).", "",
               f"MLflow: the study run `{result.run_id}`; its searches and final runs carry the tag "
               f"`unitune.study_id = {result.study_id}` (filter: tags.`unitune.study_id` = '{result.study_id}').", ""]
