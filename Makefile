@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,towers]"
+	$(PY) -m pip install -q -e ".[test,towers,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -26,6 +26,12 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# Lint, format and types of platform/ (configured in pyproject.toml; .ci/run runs it first).
+check: setup
+	$(VENV)/bin/ruff check platform
+	$(VENV)/bin/ruff format --check platform
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .unitune mlruns.db mlartifacts optuna.db

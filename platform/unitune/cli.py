@@ -39,21 +39,38 @@ class Command:
 COMMANDS: list[Command] = [
     Command("validate", "check a job and its search space without running", validate.add_arguments, validate.run),
     Command("train", "train one job (Ray Train) and log it to MLflow", train.add_arguments, train.run),
-    Command("search", "search the loss's hyperparameters (Ray Tune, Optuna, ASHA; MLflow per trial)",
-            search.add_arguments, search.run),
-    Command("study", "compare loss families: one search each, the bests over seeds, intervals (MLflow study run)",
-            study.add_arguments, study.run),
-    Command("eval", "measure a model (saved, a run's, or the job's before training) without training",
-            evaluate.add_arguments, evaluate.run),
-    Command("export", "write the best trial of a search as a job file for `unitune train`",
-            export.add_arguments, export.run),
+    Command(
+        "search",
+        "search the loss's hyperparameters (Ray Tune, Optuna, ASHA; MLflow per trial)",
+        search.add_arguments,
+        search.run,
+    ),
+    Command(
+        "study",
+        "compare loss families: one search each, the bests over seeds, intervals (MLflow study run)",
+        study.add_arguments,
+        study.run,
+    ),
+    Command(
+        "eval",
+        "measure a model (saved, a run's, or the job's before training) without training",
+        evaluate.add_arguments,
+        evaluate.run,
+    ),
+    Command(
+        "export", "write the best trial of a search as a job file for `unitune train`", export.add_arguments, export.run
+    ),
     Command("submit", "run a search on a Ray cluster (Ray Jobs API)", submit.add_arguments, submit.run),
     Command("status", "status of a submitted search", status.add_arguments, status.run),
     Command("logs", "logs of a submitted search", logs.add_arguments, logs.run),
     Command("stop", "stop a submitted search", stop.add_arguments, stop.run),
     Command("ui", "browse a job's MLflow store in the MLflow UI", ui.add_arguments, ui.run),
-    Command("results", "a search's trials at the prompt (table, csv, json), or searches side by side",
-            results.add_arguments, results.run),
+    Command(
+        "results",
+        "a search's trials at the prompt (table, csv, json), or searches side by side",
+        results.add_arguments,
+        results.run,
+    ),
 ]
 
 
@@ -88,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unitune`` console script; returns the exit code."""
     try:
         args = parse_args(argv)
-        terminal.open_log(args.command)   # the libraries' chatter to a file, not the terminal
+        terminal.open_log(args.command)  # the libraries' chatter to a file, not the terminal
         code = args.run(args)
         log = terminal.close_log()
         if log is not None:

@@ -38,8 +38,13 @@ from unitune.errors import UserError
 CONNECT_TIMEOUT_S = 5.0
 LOOPBACK = "127.0.0.1"
 # Environment of a private Ray; restored by shutdown_ray() (tests start several in a row).
-_PRIVATE_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-                "RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+_PRIVATE_ENV = (
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_ADDRESS",
+)
 _saved_env: dict[str, str | None] | None = None
 LOCAL_ADDRESSES = (None, "", "local", "auto")
 
@@ -115,20 +120,28 @@ def _start_private(log_to_driver: bool) -> None:
     port = free_port()
     _saved_env = {k: os.environ.get(k) for k in _PRIVATE_ENV}
     os.environ.pop("RAY_ADDRESS", None)  # "local" must not be redirected to another cluster
-    os.environ.update({
-        # Ray turns 127.0.0.1 into the machine's address unless it thinks it runs a
-        # single-machine cluster; this switch (meant for macOS/Windows) keeps loopback.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}",
-    })
+    os.environ.update(
+        {
+            # Ray turns 127.0.0.1 into the machine's address unless it thinks it runs a
+            # single-machine cluster; this switch (meant for macOS/Windows) keeps loopback.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}",
+        }
+    )
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; this process imported Ray already
-    Config.initialize("")                     # the auth mode is cached by Ray's C++ config
+    Config.initialize("")  # the auth mode is cached by Ray's C++ config
     AuthenticationTokenLoader.instance().reset_cache()
-    context = ray.init(address="local", include_dashboard=True, dashboard_host=LOOPBACK,
-                       dashboard_port=port, log_to_driver=log_to_driver,
-                       _node_ip_address=LOOPBACK, configure_logging=False)
+    context = ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host=LOOPBACK,
+        dashboard_port=port,
+        log_to_driver=log_to_driver,
+        _node_ip_address=LOOPBACK,
+        configure_logging=False,
+    )
     url = context.dashboard_url or ""
     if not url.endswith(f":{port}"):  # the port was taken between free_port() and Ray binding it
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{url}" if "://" not in url else url
@@ -168,8 +181,10 @@ def check_reachable(address: str | None) -> None:
     try:
         socket.create_connection((host.strip("[]") or LOOPBACK, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise UserError(f"ray.address: cannot connect to the Ray cluster at {address}: "
-                        f"{exc.strerror or exc} (is it running? `ray status --address {netloc}`)") from exc
+        raise UserError(
+            f"ray.address: cannot connect to the Ray cluster at {address}: "
+            f"{exc.strerror or exc} (is it running? `ray status --address {netloc}`)"
+        ) from exc
 
 
 def check_fits(job, address: str | None) -> None:
@@ -187,4 +202,3 @@ def check_fits(job, address: str | None) -> None:
 
     for warning in check_resources(job, ray.cluster_resources(), ray.nodes(), autoscaling=address is not None):
         print(f"unitune: warning: {warning}", file=sys.stderr)
-

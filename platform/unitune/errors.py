@@ -27,8 +27,9 @@ def redact(text: str) -> str:
     ``http://alice:pw@h:5000`` -> ``http://alice:***@h:5000``; ``https://tok@h`` ->
     ``https://***@h``; ``...?token=abc`` -> ``...?token=***``. Idempotent.
     """
+
     def userinfo(match: re.Match) -> str:
-        password = match.group(0)[len(match.group("scheme")) + len(match.group("user")):-1]
+        password = match.group(0)[len(match.group("scheme")) + len(match.group("user")) : -1]
         if password:  # user:password -> user:***
             return f"{match.group('scheme')}{match.group('user')}:{MASK}@"
         return f"{match.group('scheme')}{MASK}@" if match.group("user") not in ("", MASK) else match.group(0)
@@ -45,7 +46,7 @@ def shorten(text: object, limit: int = 60) -> str:
     """``text`` (``repr`` of non-strings is up to the caller) cut to ``limit`` characters with
     an ellipsis and its full length, on one line: no value is echoed longer than a line."""
     text = str(text).replace("\r", "\\r").replace("\n", "\\n")
-    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
 
 
 def first_line(exc: BaseException) -> str:

@@ -18,8 +18,8 @@ Memory: the similarity matrix is visited tile by tile. Items are ordered by grou
 cut into blocks of whole groups of at most ``chunk_size`` items (a single group larger
 than that makes a block of its own); a tile holds one block's items against another
 block's captions, so at most ``chunk_size x (captions of chunk_size items)`` similarity
-entries exist at a time (with a few temporaries of the tile's size and per-anchor vectors). All ground truths of a block lie in its
-diagonal tile, so the diagonal tiles are visited first to find the best ground-truth
+entries exist at a time (with a few temporaries of the tile's size and per-anchor vectors).
+All ground truths of a block lie in its diagonal tile, so the diagonal tiles are visited first to find the best ground-truth
 scores; every tile is computed exactly once.
 
 Exactness: ``retrieval_ranks(sim)`` gives the same ranks for every ``chunk_size`` (tiles
@@ -32,7 +32,7 @@ of each other (tiles of other shapes may round differently).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -131,7 +131,9 @@ def coco_protocol(
             when it is < 1 or does not divide num_items.
     """
     image_emb, text_emb = _check_embeddings(image_emb, text_emb)
-    caption_to_item, item_groups = _check_ids(caption_to_item, item_groups, image_emb.shape[0], text_emb.shape[0], image_emb.device)
+    caption_to_item, item_groups = _check_ids(
+        caption_to_item, item_groups, image_emb.shape[0], text_emb.shape[0], image_emb.device
+    )
     num_items = image_emb.shape[0]
     if not isinstance(num_folds, int) or num_folds < 1 or num_items % num_folds:
         raise ValueError(f"num_folds must be a positive divisor of num_items={num_items}, got {num_folds!r}")
@@ -228,7 +230,9 @@ def retrieval_ranks_from_embeddings(
     ``retrieval_ranks``.
     """
     image_emb, text_emb = _check_embeddings(image_emb, text_emb)
-    caption_to_item, item_groups = _check_ids(caption_to_item, item_groups, image_emb.shape[0], text_emb.shape[0], image_emb.device)
+    caption_to_item, item_groups = _check_ids(
+        caption_to_item, item_groups, image_emb.shape[0], text_emb.shape[0], image_emb.device
+    )
     layout = _Layout(caption_to_item, item_groups, image_emb.shape[0], chunk_size)
     rows_sorted, cols_sorted = layout.is_identity()
     # One reordering copy of the embeddings (not of the similarities) makes blocks contiguous.
@@ -249,7 +253,9 @@ class _Layout:
     caption positions ``caption_bounds[b]:caption_bounds[b+1]`` (the captions of its items).
     """
 
-    def __init__(self, caption_to_item: torch.Tensor, item_groups: torch.Tensor | None, num_items: int, chunk_size: int):
+    def __init__(
+        self, caption_to_item: torch.Tensor, item_groups: torch.Tensor | None, num_items: int, chunk_size: int
+    ):
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
         device = caption_to_item.device
@@ -267,8 +273,10 @@ class _Layout:
 
     def is_identity(self) -> tuple[bool, bool]:
         """Whether items and captions are already in layout order (no reordering needed)."""
+
         def identity(order: torch.Tensor) -> bool:
             return bool((order == torch.arange(order.numel(), device=order.device)).all())
+
         return identity(self.item_order), identity(self.caption_order)
 
     def ranks(self, tile: Tile) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,7 +381,11 @@ def _check_ids(
 
 def _as_index(ids: torch.Tensor | Sequence[int], name: str, length: int, device: torch.device) -> torch.Tensor:
     ids = torch.as_tensor(ids, device=device)
-    if ids.dim() != 1 or ids.shape[0] != length or (ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)):
+    if (
+        ids.dim() != 1
+        or ids.shape[0] != length
+        or (ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool))
+    ):
         raise ValueError(f"{name} must be a 1-D integer tensor of length {length}, got {_describe(ids)}")
     return ids.long()
 

@@ -51,8 +51,10 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
             try:
                 local = tracker.client.download_artifacts(run_id, "model", tmp)
             except (MlflowException, OSError) as exc:
-                raise UserError(f"--run {run_id}: no `model` artifact in {tracker.uri} "
-                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+                raise UserError(
+                    f"--run {run_id}: no `model` artifact in {tracker.uri} "
+                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                ) from None
             return load_model(local)
     import torch
 
@@ -72,16 +74,16 @@ def measure(job, model, split: str = "test") -> dict:
 
     device = torch.device("cuda" if job.resources.use_gpu and torch.cuda.is_available() else "cpu")
     dataset = build_dataset(job.data, split, transform=model.image_transform(train=False), train=False)
-    return evaluate(model.to(device), dataset, batch_size=job.train.eval_batch_size, device=device,
-                    precision=job.train.precision)
+    return evaluate(
+        model.to(device), dataset, batch_size=job.train.eval_batch_size, device=device, precision=job.train.precision
+    )
 
 
 def format_metrics(metrics: dict, split: str) -> str:
     def cell(v):
         return f"{v:.2f}" if math.isfinite(v) else str(v)
 
-    return "\n".join([f"{'metric':<10} {split:>9}",
-                      *(f"{k:<10} {cell(metrics[k]):>9}" for k in ROWS if k in metrics)])
+    return "\n".join([f"{'metric':<10} {split:>9}", *(f"{k:<10} {cell(metrics[k]):>9}" for k in ROWS if k in metrics)])
 
 
 def run(args: argparse.Namespace) -> int:

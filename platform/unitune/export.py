@@ -35,20 +35,23 @@ from unitune.tags import FINISHED_STATES
 from unitune.tracking import DEFAULT_STORE, local_store_path, param_value, tag_filter
 
 
-
 @dataclass
 class Trial:
     trial_id: str
     run_id: str
     state: str
     params: dict
-    values: dict   # objective or metric name -> the trial's score on it
+    values: dict  # objective or metric name -> the trial's score on it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("search", nargs="?", metavar="SEARCH",
-                        help="parent run id, search id, trial run id or experiment name "
-                             "(default: the newest search of --job's experiment, or of the store)")
+    parser.add_argument(
+        "search",
+        nargs="?",
+        metavar="SEARCH",
+        help="parent run id, search id, trial run id or experiment name "
+        "(default: the newest search of --job's experiment, or of the store)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--job", metavar="JOB", help="job file whose tracking.uri holds the search")
     where.add_argument("--store", metavar="URI", help=f"MLflow tracking URI (default: {DEFAULT_STORE})")
@@ -81,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     trial = select(trials, trial_ref, metric, mode, search_id)
     base = tracker.read_text(parent.info.run_id, T.BASE_JOB_ARTIFACT)
     if base is None:
-        raise UserError(f"search {search_id}: parent run {parent.info.run_id} has no {T.BASE_JOB_ARTIFACT} "
-                        "artifact (a search from an older unitune); run the search again")
+        raise UserError(
+            f"search {search_id}: parent run {parent.info.run_id} has no {T.BASE_JOB_ARTIFACT} "
+            "artifact (a search from an older unitune); run the search again"
+        )
     job = final_job(yaml.safe_load(base), trial)
     out = Path(args.out or f"{job.name}_final.yaml")
     value = trial.values.get(metric)
@@ -95,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
         "# Searched values: " + ", ".join(f"{k}={v}" for k, v in sorted(trial.params.items())),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(header) + "\n"
-                   + yaml.safe_dump(job.model_dump(mode="json", exclude={"search"}), sort_keys=False))
+    out.write_text(
+        "\n".join(header) + "\n" + yaml.safe_dump(job.model_dump(mode="json", exclude={"search"}), sort_keys=False)
+    )
     print(f"wrote {out}: trial {trial.trial_id} (run {trial.run_id}) of search {search_id}, {how}")
     print(f"next: unitune train {shlex.quote(str(out))}")
     return 0
@@ -149,8 +155,9 @@ def find_search(tracker, search: str | None, experiment: str | None):
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
-    exp_ids = ([tracker.experiment_id(experiment)] if experiment
-               else [e.experiment_id for e in client.search_experiments()])
+    exp_ids = (
+        [tracker.experiment_id(experiment)] if experiment else [e.experiment_id for e in client.search_experiments()]
+    )
     if not exp_ids:
         raise UserError(f"no experiment in {tracker.uri}")
     if search is not None:
@@ -166,29 +173,41 @@ def find_search(tracker, search: str | None, experiment: str | None):
             raise UserError(f"run {search} is not a unitune search or trial run")
         parents = _searches(client, exp_ids, {T.SEARCH: search})
         if len({p.info.experiment_id for p in parents}) > 1:
-            raise UserError(f"search id {search!r} is ambiguous: it names searches in experiments "
-                            f"{_experiment_names(client, parents)}; give the parent run id")
+            raise UserError(
+                f"search id {search!r} is ambiguous: it names searches in experiments "
+                f"{_experiment_names(client, parents)}; give the parent run id"
+            )
         if parents:
             return parents[0], None
         exp = client.get_experiment_by_name(search)
         if exp is None or exp.experiment_id not in exp_ids:
             known = sorted({p.data.tags.get(T.SEARCH) for p in _searches(client, exp_ids)})
-            raise UserError(f"no search {search!r} in {tracker.uri} (not a parent run id, search id or "
-                            f"experiment name); searches there: {', '.join(known[:10]) or 'none'}")
+            raise UserError(
+                f"no search {search!r} in {tracker.uri} (not a parent run id, search id or "
+                f"experiment name); searches there: {', '.join(known[:10]) or 'none'}"
+            )
         exp_ids = [exp.experiment_id]
     parents = _searches(client, exp_ids)
     if not parents:
         raise UserError(f"no search in {tracker.uri}" + (f" (experiment {experiment!r})" if experiment else ""))
     if len({p.info.experiment_id for p in parents}) > 1:
-        raise UserError(f"several experiments in {tracker.uri} hold searches "
-                        f"({_experiment_names(client, parents)}); name one: unitune export EXPERIMENT")
+        raise UserError(
+            f"several experiments in {tracker.uri} hold searches "
+            f"({_experiment_names(client, parents)}); name one: unitune export EXPERIMENT"
+        )
     return parents[0], None
 
 
 def _searches(client, exp_ids: list[str], tags: dict | None = None) -> list:
     """Parent runs of searches in ``exp_ids`` (with ``tags``), newest first."""
-    return list(client.search_runs(exp_ids, filter_string=tag_filter({T.ROLE: "search", **(tags or {})}),
-                                   order_by=["attributes.start_time DESC"], max_results=1000))
+    return list(
+        client.search_runs(
+            exp_ids,
+            filter_string=tag_filter({T.ROLE: "search", **(tags or {})}),
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+        )
+    )
 
 
 def _experiment_names(client, runs) -> str:
@@ -211,8 +230,11 @@ def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list
     runs = tracker.client.search_runs(
         [parent.info.experiment_id],
         filter_string=tag_filter({T.SEARCH: search_id, T.ROLE: "trial"}),
-        order_by=["attributes.start_time ASC"], max_results=10000)
-    trials, states = [], {}
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    trials: list[Trial] = []
+    states: dict[str, int] = {}
     for run in runs:
         state = run.data.tags.get(T.STATE, "unknown")
         states[state] = states.get(state, 0) + 1
@@ -227,8 +249,15 @@ def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list
                     values[name] = max(history) if METRICS[name] == "max" else min(history)
             elif name in final and not math.isnan(final[name]):
                 values[name] = final[name]
-        trials.append(Trial(run.data.tags.get(T.TRIAL, run.info.run_id), run.info.run_id, state,
-                            {k: param_value(v) for k, v in run.data.params.items()}, values))
+        trials.append(
+            Trial(
+                run.data.tags.get(T.TRIAL, run.info.run_id),
+                run.info.run_id,
+                state,
+                {k: param_value(v) for k, v in run.data.params.items()},
+                values,
+            )
+        )
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trial runs"
         raise UserError(f"search {search_id} has no finished trial yet ({seen})")
@@ -248,8 +277,10 @@ def select(trials: list[Trial], ref: str | None, metric: str, mode: str, search_
         for t in trials:
             if ref in (t.trial_id, t.run_id):
                 return t
-        raise UserError(f"--trial: {ref} is not a finished trial of search {search_id} "
-                        f"(finished: {', '.join(t.trial_id for t in trials)})")
+        raise UserError(
+            f"--trial: {ref} is not a finished trial of search {search_id} "
+            f"(finished: {', '.join(t.trial_id for t in trials)})"
+        )
     scored = [t for t in trials if metric in t.values]
     if not scored:
         raise UserError(f"metric {metric!r} was not logged by any finished trial of search {search_id}")
@@ -274,15 +305,30 @@ def pareto_front(tracker, parent, search_id: str, objectives: list[tuple[str, st
         raise UserError(f"--pareto: search {search_id}: no Optuna study of it beside {tracker.uri}") from None
     runs = {t.trial_id: t for t in finished_trials(tracker, parent, search_id, [])}
     names = [m for m, _ in objectives]
-    return [Trial(trial_id, runs[trial_id].run_id, runs[trial_id].state, runs[trial_id].params,
-                  dict(zip(names, frozen.values)))
-            for frozen in front if (trial_id := frozen.user_attrs.get("trial_id")) in runs]
+    return [
+        Trial(
+            trial_id,
+            runs[trial_id].run_id,
+            runs[trial_id].state,
+            runs[trial_id].params,
+            dict(zip(names, frozen.values)),
+        )
+        for frozen in front
+        if (trial_id := frozen.user_attrs.get("trial_id")) in runs
+    ]
 
 
 def format_front(front: list[Trial], objectives: list[tuple[str, str]]) -> str:
     heads = ["trial", "run", *(f"{m} ({mode})" for m, mode in objectives), "params"]
-    rows = [[t.trial_id, t.run_id, *(f"{t.values[m]:.6g}" for m, _ in objectives),
-             ", ".join(f"{k}={v}" for k, v in sorted(t.params.items()))] for t in front]
+    rows = [
+        [
+            t.trial_id,
+            t.run_id,
+            *(f"{t.values[m]:.6g}" for m, _ in objectives),
+            ", ".join(f"{k}={v}" for k, v in sorted(t.params.items())),
+        ]
+        for t in front
+    ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [heads, *rows]]
     return "\n".join([f"Pareto front: {len(front)} trial(s); export one with --trial ID", *lines])
@@ -299,5 +345,3 @@ def final_job(base: dict, trial: Trial):
 
     job = apply_overrides(JobSpec.model_validate(base), trial.params)
     return apply_overrides(job, {"train.epochs": job.train.final_epochs, "tracking.source_run": trial.run_id})
-
-

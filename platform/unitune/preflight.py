@@ -35,10 +35,10 @@ from unitune.errors import UserError, first_line, shorten
 # The data layer (torch, decord) is imported by the functions that read data, so that
 # `unitune validate` of a synthetic job stays light.
 
-SAMPLE_SIZE = 256      # media files decoded per split under data.preflight: sample
-PROGRESS_MIN = 1000    # splits with at least this many files print progress
+SAMPLE_SIZE = 256  # media files decoded per split under data.preflight: sample
+PROGRESS_MIN = 1000  # splits with at least this many files print progress
 PROGRESS_EVERY_S = 5.0
-DROP_WARN = 0.05       # warn when drop_last drops more of the train captions per epoch
+DROP_WARN = 0.05  # warn when drop_last drops more of the train captions per epoch
 
 
 @dataclass
@@ -63,8 +63,10 @@ def check_image(path: str) -> None:
         with Image.open(path) as image:
             width, height = image.size
             if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-                raise UserError(f"{path}: {width}x{height} image ({width * height} pixels) is larger than "
-                                f"the decompression-bomb bound of {Image.MAX_IMAGE_PIXELS} pixels")
+                raise UserError(
+                    f"{path}: {width}x{height} image ({width * height} pixels) is larger than "
+                    f"the decompression-bomb bound of {Image.MAX_IMAGE_PIXELS} pixels"
+                )
             image.verify()  # checksums and structure, without decoding
         with Image.open(path) as image:
             image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # JPEG: decode at 1/8 scale
@@ -74,7 +76,9 @@ def check_image(path: str) -> None:
     except Image.DecompressionBombError as exc:
         raise UserError(f"{path}: decompression bomb refused ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types on corrupt input
-        raise UserError(f"{path}: cannot decode image ({type(exc).__name__}: {shorten(first_line(exc), 200)})") from None
+        raise UserError(
+            f"{path}: cannot decode image ({type(exc).__name__}: {shorten(first_line(exc), 200)})"
+        ) from None
 
 
 def check_video(path: str) -> None:
@@ -86,11 +90,14 @@ def check_video(path: str) -> None:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - decord/ffmpeg errors
-        raise UserError(f"{path}: cannot decode video ({type(exc).__name__}: {shorten(first_line(exc), 200)})") from None
+        raise UserError(
+            f"{path}: cannot decode video ({type(exc).__name__}: {shorten(first_line(exc), 200)})"
+        ) from None
 
 
-def preflight(job: JobSpec, splits: tuple[str, ...] = ("train", "val", "test"), *,
-              err: TextIO | None = None) -> list[SplitCheck]:
+def preflight(
+    job: JobSpec, splits: tuple[str, ...] = ("train", "val", "test"), *, err: TextIO | None = None
+) -> list[SplitCheck]:
     """Check the job's data before anything starts (see the module doc); warnings go to ``err``.
 
     ``splits``: the roles the command reads (``unitune search`` does not read ``test``).
@@ -113,14 +120,19 @@ def preflight(job: JobSpec, splits: tuple[str, ...] = ("train", "val", "test"), 
     train = next((c for c in checks if c.role == "train"), None)
     if train is not None:
         if train.captions < job.train.batch_size:
-            raise UserError(f"{_prefix(job)}train.batch_size: {job.train.batch_size} is larger than the train "
-                            f"split ({train.source}: {train.captions} captions)")
+            raise UserError(
+                f"{_prefix(job)}train.batch_size: {job.train.batch_size} is larger than the train "
+                f"split ({train.source}: {train.captions} captions)"
+            )
         warn_dropped(job, train.captions, f"{train.source}: split {data.splits.train!r}", err)
     skipped = [c for c in checks if c.skipped]
     if skipped:
         counts = ", ".join(f"{c.skipped} of split {c.role}" for c in skipped)
-        print(f"unitune: warning: {_prefix(job)}data.on_bad_sample: skip: {sum(c.skipped for c in skipped)} bad "
-              f"samples will be skipped ({counts}; {checks[0].source})", file=err)
+        print(
+            f"unitune: warning: {_prefix(job)}data.on_bad_sample: skip: {sum(c.skipped for c in skipped)} bad "
+            f"samples will be skipped ({counts}; {checks[0].source})",
+            file=err,
+        )
     return checks
 
 
@@ -220,13 +232,16 @@ def warn_dropped(job: JobSpec, captions: int, where: str, err: TextIO) -> None:
     """Print a warning when more than ``DROP_WARN`` of the train captions are dropped per epoch."""
     dropped = dropped_per_epoch(captions, job.train.batch_size, job.resources.num_workers)
     if captions and dropped / captions > DROP_WARN:
-        print(f"unitune: warning: {_prefix(job)}train.batch_size: {job.train.batch_size} leaves {dropped} of "
-              f"{captions} train captions ({dropped / captions:.0%}) out of every epoch (drop_last; {where})",
-              file=err)
+        print(
+            f"unitune: warning: {_prefix(job)}train.batch_size: {job.train.batch_size} leaves {dropped} of "
+            f"{captions} train captions ({dropped / captions:.0%}) out of every epoch (drop_last; {where})",
+            file=err,
+        )
 
 
-def check_resources(job: JobSpec, cluster: dict, nodes: list[dict] | None = None, *,
-                    autoscaling: bool = False) -> list[str]:
+def check_resources(
+    job: JobSpec, cluster: dict, nodes: list[dict] | None = None, *, autoscaling: bool = False
+) -> list[str]:
     """Can the cluster ever run one trial of ``job``? Pure: no Ray call.
 
     Args:
@@ -245,7 +260,10 @@ def check_resources(job: JobSpec, cluster: dict, nodes: list[dict] | None = None
     res = job.resources
     per_worker = {"CPU": (res.cpu_per_worker, "resources.cpu_per_worker")}
     if res.use_gpu:
-        per_worker["GPU"] = (res.gpu_per_worker, "resources.use_gpu" if not cluster.get("GPU") else "resources.gpu_per_worker")
+        per_worker["GPU"] = (
+            res.gpu_per_worker,
+            "resources.use_gpu" if not cluster.get("GPU") else "resources.gpu_per_worker",
+        )
     has = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
     alive = [n.get("Resources", {}) for n in (nodes or []) if n.get("Alive", True)]
     problems = []
@@ -255,11 +273,15 @@ def check_resources(job: JobSpec, cluster: dict, nodes: list[dict] | None = None
             problems.append(f"{key}: true, but the Ray cluster has no GPU (it has {has})")
         elif cluster.get(name, 0) < need:
             key = "resources.num_workers" if cluster.get(name, 0) >= amount else key
-            problems.append(f"{key}: a trial needs {need:g} {name} ({res.num_workers} workers x {amount:g}); "
-                            f"the Ray cluster has {cluster.get(name, 0):g} {name} in all ({has})")
+            problems.append(
+                f"{key}: a trial needs {need:g} {name} ({res.num_workers} workers x {amount:g}); "
+                f"the Ray cluster has {cluster.get(name, 0):g} {name} in all ({has})"
+            )
         elif alive and max(n.get(name, 0) for n in alive) < amount:
-            problems.append(f"{key}: one worker needs {amount:g} {name}; the largest of the cluster's "
-                            f"{len(alive)} nodes has {max(n.get(name, 0) for n in alive):g}")
+            problems.append(
+                f"{key}: one worker needs {amount:g} {name}; the largest of the cluster's "
+                f"{len(alive)} nodes has {max(n.get(name, 0) for n in alive):g}"
+            )
     problems = [_prefix(job) + p for p in problems]
     if problems and not autoscaling:
         raise UserError(problems[0])

@@ -15,8 +15,8 @@ import sys
 import threading
 import time
 
-EVERY_S = 0.5          # worker -> actor
-PLAIN_EVERY_S = 30.0   # plain progress lines when stdout is not a terminal
+EVERY_S = 0.5  # worker -> actor
+PLAIN_EVERY_S = 30.0  # plain progress lines when stdout is not a terminal
 
 
 class _Board:
@@ -44,11 +44,11 @@ class StepReporter:
         self.board = board
         self._last = 0.0
         self._epoch = None
-        self._first = (0.0, 0, 0)   # time, step, samples of the epoch's first step seen
+        self._first = (0.0, 0, 0)  # time, step, samples of the epoch's first step seen
 
     def __call__(self, epoch: int, step: int, steps: int, samples: int) -> None:
         now = time.monotonic()
-        if epoch != self._epoch:   # rates from the first step on (it includes start-up work)
+        if epoch != self._epoch:  # rates from the first step on (it includes start-up work)
             self._epoch, self._first = epoch, (now, step, samples)
         if step < steps and now - self._last < EVERY_S:
             return
@@ -56,9 +56,15 @@ class StepReporter:
         t0, step0, samples0 = self._first
         seconds = now - t0
         done = step - step0
-        self.board.update.remote({"epoch": epoch, "step": step, "steps": steps,
-                                  "rate": (samples - samples0) / seconds if done and seconds > 0 else None,
-                                  "left": seconds / done * (steps - step) if done else None})
+        self.board.update.remote(
+            {
+                "epoch": epoch,
+                "step": step,
+                "steps": steps,
+                "rate": (samples - samples0) / seconds if done and seconds > 0 else None,
+                "left": seconds / done * (steps - step) if done else None,
+            }
+        )
 
     def line(self, text: str) -> None:
         self.board.line.remote(text)
@@ -97,8 +103,14 @@ class StepProgress:
         if self.terminal and self.own_display:
             from rich.live import Live
 
-            self._live = Live(get_renderable=self.renderable, console=self.console, refresh_per_second=4,
-                              redirect_stdout=False, redirect_stderr=False, transient=True)
+            self._live = Live(
+                get_renderable=self.renderable,
+                console=self.console,
+                refresh_per_second=4,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                transient=True,
+            )
             self._live.start()
         self._thread.start()
         return self
@@ -106,7 +118,7 @@ class StepProgress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._read()   # the last lines
+        self._read()  # the last lines
         if self._live is not None:
             self._live.stop()
 
@@ -118,15 +130,25 @@ class StepProgress:
         if self._progress is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("steps  {task.fields[rate]}  ETA {task.fields[left]}"),
-                                      console=self.console, auto_refresh=False)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps  {task.fields[rate]}  ETA {task.fields[left]}"),
+                console=self.console,
+                auto_refresh=False,
+            )
             self._task = self._progress.add_task("", total=state["steps"], rate="", left="")
         from unitune.terminal import duration
 
-        self._progress.update(self._task, description=f"epoch {state['epoch']}/{self.epochs}",
-                              total=state["steps"], completed=state["step"],
-                              rate=_rate(state["rate"]), left=duration(state["left"]))
+        self._progress.update(
+            self._task,
+            description=f"epoch {state['epoch']}/{self.epochs}",
+            total=state["steps"],
+            completed=state["step"],
+            rate=_rate(state["rate"]),
+            left=duration(state["left"]),
+        )
         return self._progress.get_renderable()
 
     def _poll(self) -> None:
@@ -150,8 +172,11 @@ class StepProgress:
             from unitune.terminal import duration
 
             self._last_plain = now
-            self.console.print(f"epoch {state['epoch']}/{self.epochs}: step {state['step']}/{state['steps']}, "
-                               f"{_rate(state['rate'])}, ETA {duration(state['left'])}", markup=False)
+            self.console.print(
+                f"epoch {state['epoch']}/{self.epochs}: step {state['step']}/{state['steps']}, "
+                f"{_rate(state['rate'])}, ETA {duration(state['left'])}",
+                markup=False,
+            )
 
 
 def _rate(samples_per_s: float | None) -> str:

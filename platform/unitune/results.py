@@ -38,11 +38,16 @@ from unitune.tags import FINISHED_STATES
 from unitune.tracking import DEFAULT_STORE
 
 SPEED = ("epochs_to_target", "seconds_to_target", "epochs_to_90pct_best", "normalized_auc")
-STATES = tuple(T.STATUS_OF_STATE)   # running completed stopped_by_asha failed interrupted
+STATES = tuple(T.STATUS_OF_STATE)  # running completed stopped_by_asha failed interrupted
 
 
-def trials(search: str | None = None, *, tracking_uri: str = DEFAULT_STORE, experiment: str | None = None,
-           metric: str | None = None) -> pd.DataFrame:
+def trials(
+    search: str | None = None,
+    *,
+    tracking_uri: str = DEFAULT_STORE,
+    experiment: str | None = None,
+    metric: str | None = None,
+) -> pd.DataFrame:
     """The trials of ``search`` (see the module docstring), best first on ``metric``.
 
     Raises:
@@ -55,8 +60,7 @@ def trials(search: str | None = None, *, tracking_uri: str = DEFAULT_STORE, expe
     return _trials(tracker, parent, metric)
 
 
-def compare(searches: list[str], *, tracking_uri: str = DEFAULT_STORE,
-            experiment: str | None = None) -> pd.DataFrame:
+def compare(searches: list[str], *, tracking_uri: str = DEFAULT_STORE, experiment: str | None = None) -> pd.DataFrame:
     """One row per search of ``searches`` (see the module docstring), in that order.
 
     Raises:
@@ -74,16 +78,21 @@ def compare(searches: list[str], *, tracking_uri: str = DEFAULT_STORE,
         scores = frame.loc[frame["state"].isin(FINISHED_STATES), best_col].astype(float)
         finite = scores[scores.map(math.isfinite)]
         top = frame.loc[finite.idxmax() if a["mode"] == "max" else finite.idxmin()] if len(finite) else None
-        rows.append({
-            "search_id": a["search_id"], "experiment": a["experiment"],
-            "state": parent.data.tags.get(T.STATE), "metric": a["metric"], "mode": a["mode"],
-            "best": float(top[best_col]) if top is not None else math.nan,
-            "best_trial": top["run_name"] if top is not None else None,
-            "median": float(finite.median()) if len(finite) else math.nan,
-            "trials": len(frame),
-            **{state: int((frame["state"] == state).sum()) for state in STATES},
-            "trial_epochs": int(frame["epochs_run"].fillna(0).sum()),
-        })
+        rows.append(
+            {
+                "search_id": a["search_id"],
+                "experiment": a["experiment"],
+                "state": parent.data.tags.get(T.STATE),
+                "metric": a["metric"],
+                "mode": a["mode"],
+                "best": float(top[best_col]) if top is not None else math.nan,
+                "best_trial": top["run_name"] if top is not None else None,
+                "median": float(finite.median()) if len(finite) else math.nan,
+                "trials": len(frame),
+                **{state: int((frame["state"] == state).sum()) for state in STATES},
+                "trial_epochs": int(frame["epochs_run"].fillna(0).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -106,8 +115,10 @@ def _trials(tracker, parent, metric: str | None) -> pd.DataFrame:
     search_id = parent.data.tags[T.SEARCH]
     metric = metric or parent.data.params.get("metric", "rsum")
     if metric not in METRICS:
-        raise UserError(f"--sort: {metric!r} is not a per-epoch metric (one of: {', '.join(METRICS)}); "
-                        f"convergence speed sorts by its column: {', '.join(SPEED)}")
+        raise UserError(
+            f"--sort: {metric!r} is not a per-epoch metric (one of: {', '.join(METRICS)}); "
+            f"convergence speed sorts by its column: {', '.join(SPEED)}"
+        )
     mode = parent.data.params.get("mode") if metric == parent.data.params.get("metric") else None
     mode = mode or METRICS[metric]
     experiment = tracker.client.get_experiment(parent.info.experiment_id).name
@@ -115,29 +126,50 @@ def _trials(tracker, parent, metric: str | None) -> pd.DataFrame:
     rows = []
     for run in runs:
         tags = run.data.tags
-        history = [(step, value) for step, value in tracker.metric_history(run.info.run_id, metric)
-                   if not math.isnan(value)]
+        history = [
+            (step, value) for step, value in tracker.metric_history(run.info.run_id, metric) if not math.isnan(value)
+        ]
         pick = max if mode == "max" else min
         best_epoch, best = pick(history, key=lambda sv: sv[1]) if history else (None, math.nan)
         final = tracker.get_metrics(run.info.run_id)
         epochs = tags.get(T.EPOCHS_RUN)
-        rows.append({
-            "run_name": run.info.run_name, "trial_id": tags.get(T.TRIAL), "run_id": run.info.run_id,
-            "state": tags.get(T.STATE), "status": run.info.status,
-            **{f"config/{k}": param_value(v) for k, v in sorted(run.data.params.items())},
-            f"best_{metric}": best, "best_epoch": best_epoch,
-            f"last_{metric}": history[-1][1] if history else math.nan,
-            "epochs_run": int(epochs) if epochs is not None else (history[-1][0] if history else 0),
-            **{key: final.get(key, math.nan) for key in SPEED},
-            "error": tags.get(T.ERROR),
-        })
+        rows.append(
+            {
+                "run_name": run.info.run_name,
+                "trial_id": tags.get(T.TRIAL),
+                "run_id": run.info.run_id,
+                "state": tags.get(T.STATE),
+                "status": run.info.status,
+                **{f"config/{k}": param_value(v) for k, v in sorted(run.data.params.items())},
+                f"best_{metric}": best,
+                "best_epoch": best_epoch,
+                f"last_{metric}": history[-1][1] if history else math.nan,
+                "epochs_run": int(epochs) if epochs is not None else (history[-1][0] if history else 0),
+                **{key: final.get(key, math.nan) for key in SPEED},
+                "error": tags.get(T.ERROR),
+            }
+        )
     frame = pd.DataFrame(rows)
     if frame.empty:
-        frame = pd.DataFrame(columns=["run_name", "trial_id", "run_id", "state", "status", f"best_{metric}",
-                                      "best_epoch", f"last_{metric}", "epochs_run", *SPEED, "error"])
+        frame = pd.DataFrame(
+            columns=[
+                "run_name",
+                "trial_id",
+                "run_id",
+                "state",
+                "status",
+                f"best_{metric}",
+                "best_epoch",
+                f"last_{metric}",
+                "epochs_run",
+                *SPEED,
+                "error",
+            ]
+        )
     frame = sort(frame, f"best_{metric}", mode)
-    frame.attrs.update(search_id=search_id, parent_run_id=parent.info.run_id, experiment=experiment,
-                       metric=metric, mode=mode)
+    frame.attrs.update(
+        search_id=search_id, parent_run_id=parent.info.run_id, experiment=experiment, metric=metric, mode=mode
+    )
     return frame
 
 
@@ -145,7 +177,12 @@ def sort(frame: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
     """``frame`` sorted on ``column``, best first for ``mode`` (max: descending), NaN last;
     ties keep their order in ``frame`` (from :func:`trials`: the search metric's)."""
     attrs = dict(frame.attrs)
-    out = frame.sort_values(column, ascending=mode == "min", na_position="last", kind="stable",
-                            key=lambda s: pd.to_numeric(s, errors="coerce")).reset_index(drop=True)
+    out = frame.sort_values(
+        column,
+        ascending=mode == "min",
+        na_position="last",
+        kind="stable",
+        key=lambda s: pd.to_numeric(s, errors="coerce"),
+    ).reset_index(drop=True)
     out.attrs.update(attrs)
     return out

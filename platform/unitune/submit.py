@@ -53,10 +53,14 @@ class Submission:
 
 # ---- arguments -------------------------------------------------------------------------
 
+
 def add_address_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", metavar="URL",
-                        help="the Ray dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
-                             f"RAY_ADDRESS, or {DEFAULT_ADDRESS})")
+    parser.add_argument(
+        "--address",
+        metavar="URL",
+        help="the Ray dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
+        f"RAY_ADDRESS, or {DEFAULT_ADDRESS})",
+    )
 
 
 def add_job_id_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +70,7 @@ def add_job_id_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---- pieces ----------------------------------------------------------------------------
+
 
 def resolve_address(address: str | None) -> str:
     """The dashboard URL without a trailing slash. Raises ``UserError`` for a non-HTTP address."""
@@ -78,8 +83,7 @@ def resolve_address(address: str | None) -> str:
         else:
             return DEFAULT_ADDRESS
     if not address.startswith(("http://", "https://")):
-        raise UserError(f"{source} {address!r}: expected the Ray dashboard's HTTP address, "
-                        "e.g. http://HEAD:8265")
+        raise UserError(f"{source} {address!r}: expected the Ray dashboard's HTTP address, e.g. http://HEAD:8265")
     return address.rstrip("/")
 
 
@@ -120,9 +124,11 @@ def probe(address: str) -> dict:
         if response.status_code == 401:
             found = find_token()
             if found is None:
-                raise UserError(f"the Ray cluster at {address} requires token authentication and no "
-                                "token was found: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or put "
-                                "it in ~/.ray/auth_token)")
+                raise UserError(
+                    f"the Ray cluster at {address} requires token authentication and no "
+                    "token was found: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or put "
+                    "it in ~/.ray/auth_token)"
+                )
             token, source = found
             headers = {"Authorization": f"Bearer {token}"}
             response = requests.get(url, timeout=PROBE_TIMEOUT_S, headers=headers)
@@ -130,8 +136,10 @@ def probe(address: str) -> dict:
                 raise UserError(f"the Ray cluster at {address} refused the auth token from {source}")
     except requests.RequestException as exc:
         reason = type(exc).__name__ if isinstance(exc, requests.Timeout) else "connection failed"
-        raise UserError(f"cannot reach the Ray dashboard at {address} ({reason}); is the cluster "
-                        "up and is this its dashboard address (http://HEAD:8265)?") from None
+        raise UserError(
+            f"cannot reach the Ray dashboard at {address} ({reason}); is the cluster "
+            "up and is this its dashboard address (http://HEAD:8265)?"
+        ) from None
     try:
         version = response.json()["ray_version"] if response.ok else None
     except (ValueError, KeyError, TypeError):
@@ -155,9 +163,17 @@ def connect(address: str):
             raise UserError(f"Ray dashboard at {address}: {first_line(exc)}") from None
 
 
-def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
-                    python: str | None = None, allow_local_store: bool = False,
-                    resume: bool = False, excludes: list[str] = ()) -> Submission:
+def plan_submission(
+    job,
+    job_file: Path,
+    overrides: list[str],
+    *,
+    address: str,
+    python: str | None = None,
+    allow_local_store: bool = False,
+    resume: bool = False,
+    excludes: list[str] = (),
+) -> Submission:
     """The entrypoint and runtime environment that run ``unitune search`` on the cluster.
 
     ``job``: the validated ``JobSpec`` of ``job_file`` with ``overrides`` applied.
@@ -181,9 +197,11 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
     remote = is_remote_address(address)
     uri = job.tracking.uri
     if remote and is_local_store(uri) and not allow_local_store:
-        raise UserError(f"{job_file}: tracking.uri: {uri} is a local store that the remote cluster "
-                        f"{address} cannot reach; use an http(s):// MLflow server or a shared database "
-                        "(or --allow-local-store if the cluster sees the same path)")
+        raise UserError(
+            f"{job_file}: tracking.uri: {uri} is a local store that the remote cluster "
+            f"{address} cannot reach; use an http(s):// MLflow server or a shared database "
+            "(or --allow-local-store if the cluster sees the same path)"
+        )
     job_file = job_file.resolve()
     space_file = Path(job.search.space).resolve()
     working_dir = _working_dir(job_file, space_file)
@@ -195,27 +213,42 @@ def plan_submission(job, job_file: Path, overrides: list[str], *, address: str,
             job_overrides.append(f"tracking.artifact_location={Path(location).resolve()}")
     if job.search.storage is None:
         if remote and resume:
-            raise UserError(f"{job_file}: search.storage: not set, so the interrupted search's Ray Tune "
-                            f"state stayed in the job's temporary directory on {address}; set "
-                            "search.storage to a path on the cluster's shared filesystem or a URI Ray "
-                            "Tune accepts (s3://bucket/unitune, gs://...) for searches to be resumable")
-        if not remote:   # the cluster shares this machine's disk: keep the state here
+            raise UserError(
+                f"{job_file}: search.storage: not set, so the interrupted search's Ray Tune "
+                f"state stayed in the job's temporary directory on {address}; set "
+                "search.storage to a path on the cluster's shared filesystem or a URI Ray "
+                "Tune accepts (s3://bucket/unitune, gs://...) for searches to be resumable"
+            )
+        if not remote:  # the cluster shares this machine's disk: keep the state here
             from unitune.search.storage import DEFAULT_TUNE_DIR
 
             job_overrides.append(f"search.storage={(Path.cwd() / DEFAULT_TUNE_DIR).resolve()}")
     if python is None:
         python = "python" if remote else sys.executable
-    argv = [*shlex.split(python), "-m", "unitune", "search", str(job_file.relative_to(working_dir)),
-            "--space", str(space_file.relative_to(working_dir)), *overrides, *job_overrides,
-            *(["--resume"] if resume else [])]
+    argv = [
+        *shlex.split(python),
+        "-m",
+        "unitune",
+        "search",
+        str(job_file.relative_to(working_dir)),
+        "--space",
+        str(space_file.relative_to(working_dir)),
+        *overrides,
+        *job_overrides,
+        *(["--resume"] if resume else []),
+    ]
     env = forwarded_env([job_file, space_file])
     env["PYTHONUNBUFFERED"] = "1"  # logs reach `unitune logs --follow` as they are written
     # `unitune stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3):
     # time for the search to close its record and save Tune's state.
     env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "60")
-    return Submission(entrypoint=shlex.join(argv), runtime_env={"env_vars": env},
-                      metadata={"unitune_job": job.name, "unitune_job_file": job_file.name},
-                      project=working_dir, files=upload_files(job, job_file, space_file, working_dir, excludes))
+    return Submission(
+        entrypoint=shlex.join(argv),
+        runtime_env={"env_vars": env},
+        metadata={"unitune_job": job.name, "unitune_job_file": job_file.name},
+        project=working_dir,
+        files=upload_files(job, job_file, space_file, working_dir, excludes),
+    )
 
 
 def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes=()) -> list[str]:
@@ -232,8 +265,13 @@ def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes=
     project = project.resolve()
     always = {job_file.resolve(), space_file.resolve()}
     chosen = set(always)
-    for ref in (job.data.annotations, job.data.root, job.model.checkpoint, job.model.image_encoder,
-                job.model.text_encoder):
+    for ref in (
+        job.data.annotations,
+        job.data.root,
+        job.model.checkpoint,
+        job.model.image_encoder,
+        job.model.text_encoder,
+    ):
         if not ref or "${" in str(ref):
             continue
         path = Path(ref) if Path(ref).is_absolute() else job_file.parent / ref
@@ -241,14 +279,18 @@ def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes=
         if path == project or not path.is_relative_to(project) or not path.exists():
             continue
         chosen |= {p for p in path.rglob("*") if p.is_file()} if path.is_dir() else {path}
-    return sorted(str(p.relative_to(project)) for p in chosen
-                  if p in always or not _excluded(p.relative_to(project), excludes))
+    return sorted(
+        str(p.relative_to(project)) for p in chosen if p in always or not _excluded(p.relative_to(project), excludes)
+    )
 
 
 def _excluded(rel: Path, patterns) -> bool:
     leading = [Path(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)]
-    return any(fnmatch.fnmatchcase(p.as_posix(), pat.rstrip("/")) or fnmatch.fnmatchcase(p.name, pat.rstrip("/"))
-               for pat in patterns for p in leading)
+    return any(
+        fnmatch.fnmatchcase(p.as_posix(), pat.rstrip("/")) or fnmatch.fnmatchcase(p.name, pat.rstrip("/"))
+        for pat in patterns
+        for p in leading
+    )
 
 
 def stage(submission: Submission, directory: Path) -> dict:
@@ -267,9 +309,11 @@ def upload_error(exc: Exception, submission: Submission, address: str) -> str:
     text = first_line(exc)
     if "413" in text or "request body size" in text.lower():
         sizes = {f: (submission.project / f).stat().st_size for f in submission.files}
-        return (f"Ray cluster {address} refused the upload: {len(sizes)} files, {sum(sizes.values()) / 2**20:.0f} MiB "
-                f"(the dashboard takes at most {UPLOAD_LIMIT // 2**20} MiB; largest: {max(sizes, key=sizes.get)}); "
-                "leave data out with --exclude PATTERN and give the job a data.root the cluster has")
+        return (
+            f"Ray cluster {address} refused the upload: {len(sizes)} files, {sum(sizes.values()) / 2**20:.0f} MiB "
+            f"(the dashboard takes at most {UPLOAD_LIMIT // 2**20} MiB; largest: {max(sizes, key=sizes.get)}); "
+            "leave data out with --exclude PATTERN and give the job a data.root the cluster has"
+        )
     return f"Ray cluster {address} rejected the job: {text}"
 
 
@@ -289,8 +333,10 @@ def _working_dir(job_file: Path, space_file: Path) -> Path:
         return cwd
     common = Path(os.path.commonpath([job_file.parent, space_file.parent]))
     if common == Path(common.anchor) or common == Path.home():
-        raise UserError(f"{job_file} and {space_file} share no project directory to upload; "
-                        "run `unitune submit` from the directory that holds both")
+        raise UserError(
+            f"{job_file} and {space_file} share no project directory to upload; "
+            "run `unitune submit` from the directory that holds both"
+        )
     return common
 
 

@@ -22,11 +22,30 @@ import time
 from pathlib import Path
 
 LOG_DIR = Path(".unitune") / "logs"
-LIBRARIES = ("mlflow", "optuna", "ray", "alembic", "sqlalchemy", "urllib3", "filelock", "matplotlib",
-             "PIL", "transformers", "huggingface_hub", "py.warnings", "torch")
+LIBRARIES = (
+    "mlflow",
+    "optuna",
+    "ray",
+    "alembic",
+    "sqlalchemy",
+    "urllib3",
+    "filelock",
+    "matplotlib",
+    "PIL",
+    "transformers",
+    "huggingface_hub",
+    "py.warnings",
+    "torch",
+)
 # Warnings the libraries log that ask nothing of a unitune user: to the file only.
-NOISE = ("GetTimeoutError", "Failed to send resource request", "Reporting training result",
-         "experimental", "deprecated", "Deprecat")
+NOISE = (
+    "GetTimeoutError",
+    "Failed to send resource request",
+    "Reporting training result",
+    "experimental",
+    "deprecated",
+    "Deprecat",
+)
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _file: logging.FileHandler | None = None
@@ -82,8 +101,11 @@ def adopt_library_loggers() -> None:
 
         optuna.logging.disable_default_handler()
         optuna.logging.enable_propagation()
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-               if n.split(".")[0] in LIBRARIES or n in LIBRARIES]
+    loggers = [
+        logging.getLogger(n)
+        for n in list(logging.root.manager.loggerDict)
+        if n.split(".")[0] in LIBRARIES or n in LIBRARIES
+    ]
     for logger in loggers:
         for handler in list(logger.handlers):
             if type(handler) is not logging.FileHandler and not isinstance(handler, logging.NullHandler):

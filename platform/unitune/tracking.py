@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DEFAULT_STORE = "sqlite:///mlruns.db"  # tracking.uri of a job that names none (the demo's store)
-DEFAULT_ARTIFACTS = "mlartifacts"      # its tracking.artifact_location
+DEFAULT_ARTIFACTS = "mlartifacts"  # its tracking.artifact_location
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = T.INF_PREFIX
 PARENT_TAG = T.PARENT
@@ -55,7 +55,7 @@ def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
     """
     base = Path(base_dir or os.getcwd())
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if path.startswith(":memory:") or Path(path).is_absolute():
             return uri
         return "sqlite:///" + str((base / path).resolve())
@@ -80,7 +80,7 @@ def local_store_path(uri: str) -> Path | None:
     absolute (:func:`resolve_uri`); ``None`` for a server URI or an in-memory sqlite database."""
     resolved = resolve_uri(uri)
     if resolved.startswith("sqlite:///"):
-        path = resolved[len("sqlite:///"):]
+        path = resolved[len("sqlite:///") :]
         return None if path.startswith(":memory:") else Path(path)
     return Path(urlparse(resolved).path) if is_local_store(resolved) else None
 
@@ -91,7 +91,7 @@ def sqlite_lock(url: str) -> Path | None:
     a directory this process cannot write: opening the store then reports that)."""
     if not url.startswith("sqlite:///"):
         return None
-    db = Path(url[len("sqlite:///"):])
+    db = Path(url[len("sqlite:///") :])
     return db.with_name(db.name + ".lock") if db.parent.is_dir() and os.access(db.parent, os.W_OK) else None
 
 
@@ -107,9 +107,7 @@ class Tracker:
 
     def __init__(self, uri: str, artifact_location: str | None = None):
         self.uri = resolve_uri(uri)
-        self.artifact_location = (
-            resolve_uri(artifact_location) if artifact_location else None
-        )
+        self.artifact_location = resolve_uri(artifact_location) if artifact_location else None
         self._client: MlflowClient | None = None
         self._experiments: dict[str, str] = {}
 
@@ -132,8 +130,12 @@ class Tracker:
 
     def __getstate__(self) -> dict:
         # Trackers travel to Ray trial processes; the client reconnects there.
-        return {"uri": self.uri, "artifact_location": self.artifact_location,
-                "_client": None, "_experiments": dict(self._experiments)}
+        return {
+            "uri": self.uri,
+            "artifact_location": self.artifact_location,
+            "_client": None,
+            "_experiments": dict(self._experiments),
+        }
 
     def check(self, ray_address: str | None = None, experiment: str | None = None) -> None:
         """Refuse a store this run could not write to, in seconds and before any run exists.
@@ -166,8 +168,7 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(experiment) if experiment else None
             except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
                 raise UserError(
-                    f"tracking.uri: MLflow tracking store {shown!r} cannot be opened: "
-                    f"{first_line(exc)}"
+                    f"tracking.uri: MLflow tracking store {shown!r} cannot be opened: {first_line(exc)}"
                 ) from None
         if exp is not None and exp.lifecycle_stage == "active" and exp.artifact_location:
             probe_artifacts(exp.artifact_location, f"the artifact location of experiment {experiment!r}")
@@ -187,8 +188,11 @@ class Tracker:
             try:
                 # The tag MLflow's UI reads to open the experiment on its runs (model training),
                 # not on the GenAI traces view.
-                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location,
-                                                       tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+                exp_id = self.client.create_experiment(
+                    name,
+                    artifact_location=self.artifact_location,
+                    tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+                )
             except MlflowException:
                 # Another process created it between our look-up and create.
                 exp = self.client.get_experiment_by_name(name)
@@ -206,8 +210,9 @@ class Tracker:
         self._experiments[name] = exp_id
         return exp_id
 
-    def start_run(self, experiment: str, run_name: str, tags: dict | None = None,
-                  parent_run_id: str | None = None) -> str:
+    def start_run(
+        self, experiment: str, run_name: str, tags: dict | None = None, parent_run_id: str | None = None
+    ) -> str:
         """Create a RUNNING run in experiment ``experiment`` (a name); return its id."""
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
@@ -218,17 +223,23 @@ class Tracker:
     def find_run(self, experiment: str, tags: dict) -> str | None:
         """Id of the oldest active run of ``experiment`` whose tags equal ``tags``, else None."""
         runs = self.client.search_runs(
-            [self.experiment_id(experiment)], filter_string=tag_filter(tags),
-            order_by=["attributes.start_time ASC"], max_results=1,
+            [self.experiment_id(experiment)],
+            filter_string=tag_filter(tags),
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
         )
         return runs[0].info.run_id if runs else None
 
     def search_runs(self, experiment: str, tags: dict) -> list:
         """All active runs of ``experiment`` whose tags equal ``tags`` (mlflow Run objects)."""
-        return list(self.client.search_runs(
-            [self.experiment_id(experiment)], filter_string=tag_filter(tags),
-            order_by=["attributes.start_time ASC"], max_results=10000,
-        ))
+        return list(
+            self.client.search_runs(
+                [self.experiment_id(experiment)],
+                filter_string=tag_filter(tags),
+                order_by=["attributes.start_time ASC"],
+                max_results=10000,
+            )
+        )
 
     def log_params(self, run_id: str, params: dict) -> None:
         """Log params (values become strings). Re-logging an identical value is allowed."""
@@ -236,7 +247,7 @@ class Tracker:
 
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, params=items[i:i + _BATCH])
+            self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
         """Log numeric metrics at ``step``; NaN/±inf are kept (see the module docstring).
@@ -249,10 +260,9 @@ class Tracker:
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in metrics.items()}
         items = [Metric(k, v, now, int(step)) for k, v in values.items()]
-        inf_tags = [RunTag(INF_TAG_PREFIX + k, "+inf" if v > 0 else "-inf")
-                    for k, v in values.items() if math.isinf(v)]
+        inf_tags = [RunTag(INF_TAG_PREFIX + k, "+inf" if v > 0 else "-inf") for k, v in values.items() if math.isinf(v)]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
         if inf_tags:
             self.client.log_batch(run_id, tags=inf_tags)
 
@@ -261,7 +271,7 @@ class Tracker:
         data = self.client.get_run(run_id).data
         out = dict(data.metrics)
         for tag, sign in data.tags.items():
-            key = tag[len(INF_TAG_PREFIX):]
+            key = tag[len(INF_TAG_PREFIX) :]
             if tag.startswith(INF_TAG_PREFIX) and key in out and abs(out[key]) >= sys.float_info.max:
                 out[key] = math.inf if sign == "+inf" else -math.inf
         return out
@@ -271,16 +281,16 @@ class Tracker:
         hist = self.client.get_metric_history(run_id, key)
         return sorted((m.step, m.value) for m in hist)
 
-    def log_artifact(self, run_id: str, local_path: str | os.PathLike,
-                     artifact_path: str | None = None) -> None:
+    def log_artifact(self, run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file (or every file of a directory) to the run's artifacts."""
         if Path(local_path).is_dir():
             self.client.log_artifacts(run_id, str(local_path), artifact_path)
         else:
             self.client.log_artifact(run_id, str(local_path), artifact_path)
 
-    def log_model(self, run_id: str, name: str, *, flavor, step: int = 0, register_as: str | None = None,
-                  **flavor_args) -> tuple[str, str | None]:
+    def log_model(
+        self, run_id: str, name: str, *, flavor, step: int = 0, register_as: str | None = None, **flavor_args
+    ) -> tuple[str, str | None]:
         """Log an MLflow model of ``flavor`` (a module such as ``mlflow.pyfunc``; ``flavor_args``
         go to its ``save_model``) as run ``run_id``'s logged model ``name``, linked to the run's
         metrics at ``step``; with ``register_as``, also as a new version of that registered model
@@ -291,8 +301,15 @@ class Tracker:
 
         with self._as_global_store(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="An input example was not provided")
-            info = Model.log(artifact_path=None, name=name, flavor=flavor, run_id=run_id, step=step,
-                             registered_model_name=register_as, **flavor_args)
+            info = Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=flavor,
+                run_id=run_id,
+                step=step,
+                registered_model_name=register_as,
+                **flavor_args,
+            )
         version = info.registered_model_version
         return info.model_uri, None if version is None else str(version)
 
@@ -317,7 +334,7 @@ class Tracker:
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, tags=items[i:i + _BATCH])
+            self.client.log_batch(run_id, tags=items[i : i + _BATCH])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Mark a run terminated with ``status`` (FINISHED, FAILED or KILLED).

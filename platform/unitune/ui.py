@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,10 +33,13 @@ SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", nargs="?", help="job YAML whose tracking store to browse "
-                        f"(default: the demo store {DEFAULT_STORE} in the current directory)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "job",
+        nargs="?",
+        help="job YAML whose tracking store to browse "
+        f"(default: the demo store {DEFAULT_STORE} in the current directory)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
 
@@ -50,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM takes the same path as Ctrl-C, so the server never outlives this process.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        print(f"MLflow UI on {uri}: {ui_url(args.host, args.port)}  "
-              f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C stops it)", flush=True)
+        print(
+            f"MLflow UI on {uri}: {runs_url(ui_url(args.host, args.port), experiment_of(args.job))}  "
+            f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C stops it)",
+            flush=True,
+        )
         code = proc.wait()
         if code != 0:
             raise UserError(f"the MLflow UI server exited with code {code}")
@@ -63,6 +70,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiment_of(job_path: str | None) -> str | None:
+    """The job's experiment name (``None`` without a job: the store's newest experiment)."""
+    if job_path is None:
+        return None
+    from unitune.config import load_job
+
+    return load_job(job_path).experiment
+
+
+def runs_url(base: str, experiment: str | None = None) -> str:
+    """The experiment's runs page on the UI at ``base`` (``experiment`` None: the most
+    recently updated one), in MLflow's model-training view: MLflow 3's UI opens an
+    experiment on its GenAI pages unless the URL asks for ``workflowType=machine_learning``.
+    ``base`` itself when the server knows no such experiment."""
+    import json
+
+    try:
+        if experiment is not None:
+            query = urllib.parse.urlencode({"experiment_name": experiment})
+            with urllib.request.urlopen(
+                f"{base}ajax-api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10
+            ) as response:
+                found = [json.load(response)["experiment"]]
+        else:
+            body = json.dumps({"max_results": 100, "order_by": ["last_update_time DESC"]}).encode()
+            request = urllib.request.Request(
+                f"{base}ajax-api/2.0/mlflow/experiments/search", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                found = [e for e in json.load(response).get("experiments", []) if e["name"] != "Default"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return base
+    if not found:
+        return base
+    return f"{base}#/experiments/{found[0]['experiment_id']}/runs?workflowType=machine_learning"
+
+
 def store_of(job_path: str | None) -> tuple[str, str | None]:
     """The tracking URI and artifact location of a job file (or of the demo store).
 
@@ -72,6 +116,7 @@ def store_of(job_path: str | None) -> tuple[str, str | None]:
     Raises:
         UserError: the job file is invalid, or its local store does not exist yet.
     """
+    artifacts: str | None
     if job_path is None:
         uri, artifacts = DEFAULT_STORE, DEFAULT_ARTIFACTS
         where = f"the demo store {DEFAULT_STORE}"
@@ -92,15 +137,28 @@ def store_of(job_path: str | None) -> tuple[str, str | None]:
 
 def server_command(uri: str, artifacts: str | None, *, host: str, port: int) -> list[str]:
     """The ``mlflow server`` command line: one worker, this venv's Python."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts is not None:
         cmd += ["--default-artifact-root", artifacts]
     return cmd
 
 
-def start_ui(uri: str, artifacts: str | None, *, host: str = "127.0.0.1", port: int = 5000,
-             timeout: float = START_TIMEOUT_S) -> subprocess.Popen:
+def start_ui(
+    uri: str, artifacts: str | None, *, host: str = "127.0.0.1", port: int = 5000, timeout: float = START_TIMEOUT_S
+) -> subprocess.Popen:
     """Start the MLflow server in its own process group and wait until it answers HTTP.
 
     Returns the ``mlflow server`` process; pass it to :func:`stop_ui`.
@@ -111,16 +169,18 @@ def start_ui(uri: str, artifacts: str | None, *, host: str = "127.0.0.1", port: 
     if not _port_free(host, port):
         raise UserError(f"port {port} on {host} is in use (another MLflow UI?); pass --port")
     # Its own session: a terminal's Ctrl-C reaches only us, and we stop the whole group.
-    proc = subprocess.Popen(server_command(uri, artifacts, host=host, port=port),
-                            env={**os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        server_command(uri, artifacts, host=host, port=port),
+        env={**os.environ, **SERVER_ENV},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = ui_url(host, port) + "health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             stop_ui(proc)
-            raise UserError(f"the MLflow UI on {uri} exited with code {proc.returncode} "
-                            "(its output is above)")
+            raise UserError(f"the MLflow UI on {uri} exited with code {proc.returncode} (its output is above)")
         if _answers(url):
             return proc
         time.sleep(0.2)

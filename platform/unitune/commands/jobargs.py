@@ -11,8 +11,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """``JOB [--space FILE] [key.path=value ...]``: the arguments of every job command."""
     parser.add_argument("job", metavar="JOB", help="job file (jobs/*.yaml)")
     parser.add_argument("--space", metavar="FILE", help="search-space file (default: the job's search.space)")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="override job keys, e.g. loss.margin=0.3 train.epochs=2")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="override job keys, e.g. loss.margin=0.3 train.epochs=2"
+    )
 
 
 def load_job_from_args(args: argparse.Namespace):

@@ -17,14 +17,25 @@ FORMATS = ("table", "csv", "json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("search", nargs="?", metavar="SEARCH",
-                        help="search id, parent or trial run id, or experiment name (default: the newest search)")
-    parser.add_argument("--compare", nargs="+", metavar="SEARCH",
-                        help="put these searches side by side: best, median, trials per state, trial-epochs")
+    parser.add_argument(
+        "search",
+        nargs="?",
+        metavar="SEARCH",
+        help="search id, parent or trial run id, or experiment name (default: the newest search)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="SEARCH",
+        help="put these searches side by side: best, median, trials per state, trial-epochs",
+    )
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    parser.add_argument("--sort", metavar="METRIC",
-                        help="sort the trials by this metric's best epoch (rsum, r1_i2t, ...) or by a "
-                             "convergence speed (epochs_to_target, ...); default: the search's metric")
+    parser.add_argument(
+        "--sort",
+        metavar="METRIC",
+        help="sort the trials by this metric's best epoch (rsum, r1_i2t, ...) or by a "
+        "convergence speed (epochs_to_target, ...); default: the search's metric",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--job", metavar="JOB", help="job file whose tracking.uri holds the searches")
     where.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite:///mlruns.db)")
@@ -80,7 +91,7 @@ def _cell(value) -> str:
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if hasattr(value, "item"):   # numpy scalars
+    if hasattr(value, "item"):  # numpy scalars
         value = value.item()
     return num(value)
 
@@ -100,11 +111,18 @@ def _trials_table(frame) -> str:
     params = [c for c in frame.columns if c.startswith("config/")]
     short = [p.rsplit(".", 1)[-1] for p in params]
     # A parameter's last name part, unless two parameters share it.
-    names = [s if short.count(s) == 1 else p[len("config/"):] for p, s in zip(params, short)]
-    columns = [("run_name", "trial"), ("state", "state"), *zip(params, names),
-               (f"best_{metric}", f"best {metric}"), (f"last_{metric}", f"last {metric}"),
-               ("epochs_run", "epochs"), ("epochs_to_target", "epochs to target"),
-               ("seconds_to_target", "s to target"), ("normalized_auc", "auc")]
+    names = [s if short.count(s) == 1 else p[len("config/") :] for p, s in zip(params, short)]
+    columns = [
+        ("run_name", "trial"),
+        ("state", "state"),
+        *zip(params, names),
+        (f"best_{metric}", f"best {metric}"),
+        (f"last_{metric}", f"last {metric}"),
+        ("epochs_run", "epochs"),
+        ("epochs_to_target", "epochs to target"),
+        ("seconds_to_target", "s to target"),
+        ("normalized_auc", "auc"),
+    ]
     rows = [[_cell(r[c]) for c, _ in columns] for _, r in frame.iterrows()]
     numeric = [c not in ("run_name", "state") and frame[c].map(_is_number).all() for c, _ in columns]
     order = a.get("sorted_by", f"best {metric} ({a['mode']})")
@@ -115,11 +133,21 @@ def _trials_table(frame) -> str:
 def _compare_table(frame) -> str:
     from unitune.results import STATES
 
-    columns = [("search_id", "search"), ("state", "state"), ("metric", "metric"), ("best", "best"),
-               ("median", "median"), ("trials", "trials"), *((s, s) for s in STATES),
-               ("trial_epochs", "trial-epochs"), ("best_trial", "best trial")]
-    rows = [[_cell(r[c]) if c not in ("metric",) else f"{r['metric']} ({r['mode']})" for c, _ in columns]
-            for _, r in frame.iterrows()]
+    columns = [
+        ("search_id", "search"),
+        ("state", "state"),
+        ("metric", "metric"),
+        ("best", "best"),
+        ("median", "median"),
+        ("trials", "trials"),
+        *((s, s) for s in STATES),
+        ("trial_epochs", "trial-epochs"),
+        ("best_trial", "best trial"),
+    ]
+    rows = [
+        [_cell(r[c]) if c not in ("metric",) else f"{r['metric']} ({r['mode']})" for c, _ in columns]
+        for _, r in frame.iterrows()
+    ]
     numeric = [c in ("best", "median", "trials", "trial_epochs", *STATES) for c, _ in columns]
     return _grid([h for _, h in columns], rows, numeric)
 

@@ -43,8 +43,11 @@ def summarize(job, space) -> list[str]:
     else:
         where = f"root {data.root}, annotations {data.annotations}"
     model = job.model
-    what = {"tiny": f"preset {model.preset}", "clip": f"checkpoint {model.checkpoint}",
-            "two_tower": f"{model.image_encoder} + {model.text_encoder}"}[model.name]
+    what = {
+        "tiny": f"preset {model.preset}",
+        "clip": f"checkpoint {model.checkpoint}",
+        "two_tower": f"{model.image_encoder} + {model.text_encoder}",
+    }[model.name]
     res = job.resources
     device = f"{res.gpu_per_worker:g} GPU" if res.use_gpu else f"{res.cpu_per_worker:g} CPU"
     lines = [
@@ -63,7 +66,9 @@ def summarize(job, space) -> list[str]:
     conditional = sum(1 for p in space.params.values() if p.when)
     asha = f"ASHA {space.asha.grace_period}..{space.asha.max_epochs} epochs" if space.asha else "no ASHA"
     metrics, modes = space.objective_names()
-    lines.append(f"space:     {space.source}: {len(space.params)} params ({conditional} conditional), "
-                 f"{len(space.fixed)} fixed; {space.num_trials} trials, {asha}; "
-                 + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes)))
+    lines.append(
+        f"space:     {space.source}: {len(space.params)} params ({conditional} conditional), "
+        f"{len(space.fixed)} fixed; {space.num_trials} trials, {asha}; "
+        + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes))
+    )
     return lines

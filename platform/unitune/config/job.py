@@ -10,12 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
-from pydantic import NonNegativeInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from unitune.choices import (
-    DATA_FORMATS, FREEZE_DEFAULTS, MINING_MODES, MODEL_DEFAULTS, MODEL_NAMES, NUM_FRAMES, PREFLIGHT_MODES,
-    SYNTHETIC_CACHE_DIR, SYNTHETIC_DEFAULTS, TINY_PRESET_NAMES, DataFormat, MiningMode, ModelName, PreflightMode,
+    FREEZE_DEFAULTS,
+    MODEL_DEFAULTS,
+    NUM_FRAMES,
+    SYNTHETIC_CACHE_DIR,
+    SYNTHETIC_DEFAULTS,
+    TINY_PRESET_NAMES,
+    DataFormat,
+    MiningMode,
+    ModelName,
+    PreflightMode,
     WarmupMode,
 )
 from unitune.cluster import is_remote_address
@@ -30,7 +46,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # Bounds on sizes: far above any real use, low enough that a typo fails here, not in a trial.
 MAX_EMBED_DIM = 16384
-MAX_IMAGE_SIZE = 4096          # pixels per side of a model input
+MAX_IMAGE_SIZE = 4096  # pixels per side of a model input
 MAX_SYNTHETIC_ITEMS = 100_000  # per split of the generated data set
 MAX_SYNTHETIC_IMAGE_SIZE = 1024
 MAX_FRAMES = 256
@@ -38,7 +54,7 @@ MAX_CAPTIONS_PER_ITEM = 100
 MAX_BATCH = 65536
 MAX_EPOCHS = 100_000
 MAX_WORKERS = 4096
-MAX_NAME_CHARS = 128           # the job name names MLflow experiments and Ray run directories
+MAX_NAME_CHARS = 128  # the job name names MLflow experiments and Ray run directories
 
 
 def shorten_repr(value: object, limit: int = 60) -> str:
@@ -121,6 +137,7 @@ class DataSpec(Spec):
     @classmethod
     def _yaml_off(cls, value):
         return {False: "off", True: "full"}.get(value, value) if isinstance(value, bool) else value
+
     # The frozen-prefix cache (docs/feature_cache.md): auto | off | a directory (made absolute
     # at load time). augment: random crops / frames (true), deterministic (false), or None:
     # random unless the cache is on.
@@ -176,7 +193,9 @@ class ModelSpec(Spec):
     @model_validator(mode="after")
     def _check_towers(self) -> ModelSpec:
         if self.name == "tiny" and self.preset not in TINY_PRESETS:
-            raise FieldError("preset", f"unknown tiny preset {shorten_repr(self.preset)}; choose from {', '.join(TINY_PRESETS)}")
+            raise FieldError(
+                "preset", f"unknown tiny preset {shorten_repr(self.preset)}; choose from {', '.join(TINY_PRESETS)}"
+            )
         if self.name == "two_tower":
             for key in ("image_encoder", "text_encoder"):
                 if getattr(self, key) is None:
@@ -330,13 +349,21 @@ class JobSpec(Spec):
     def _check_job(self) -> JobSpec:
         workers = self.resources.num_workers
         if self.train.batch_size % workers:
-            raise FieldError("train.batch_size", f"must be divisible by resources.num_workers {workers} "
-                                                 f"(got {self.train.batch_size})")
+            raise FieldError(
+                "train.batch_size",
+                f"must be divisible by resources.num_workers {workers} (got {self.train.batch_size})",
+            )
         if self.data.format == "synthetic" and self.train.batch_size > self.data.synthetic.num_train:
-            raise FieldError("train.batch_size", f"larger than the train split "
-                                                 f"(data.synthetic.num_train {self.data.synthetic.num_train}; got {self.train.batch_size})")
+            raise FieldError(
+                "train.batch_size",
+                f"larger than the train split "
+                f"(data.synthetic.num_train {self.data.synthetic.num_train}; got {self.train.batch_size})",
+            )
         if is_remote_address(self.ray.address) and is_local_store(self.tracking.uri):
-            raise FieldError("tracking.uri", f"{shorten_repr(self.tracking.uri)} is a local store that workers of the "
-                                             f"remote Ray cluster {mask_uri(self.ray.address)} cannot reach; use an "
-                                             "http(s):// MLflow server or a shared database")
+            raise FieldError(
+                "tracking.uri",
+                f"{shorten_repr(self.tracking.uri)} is a local store that workers of the "
+                f"remote Ray cluster {mask_uri(self.ray.address)} cannot reach; use an "
+                "http(s):// MLflow server or a shared database",
+            )
         return self

@@ -28,8 +28,8 @@ ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 JOB_FILE_PATHS = ("data.root", "data.annotations", "search.space")  # relative to the job file
 OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 MAX_FILE_BYTES = 1024 * 1024  # a job or search-space file
-MAX_VALUES = 20_000           # keys, list items and scalars, aliases followed
-MAX_STRING_CHARS = 4096       # one value (the longest path Linux accepts)
+MAX_VALUES = 20_000  # keys, list items and scalars, aliases followed
+MAX_STRING_CHARS = 4096  # one value (the longest path Linux accepts)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -61,13 +61,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         if not path.is_file():
             raise UserError(f"{path}: not a file")
         if size > MAX_FILE_BYTES:
-            raise UserError(f"{path}: {size / 2**20:.1f} MiB; a config file may hold at most "
-                            f"{MAX_FILE_BYTES // 2**20} MiB")
+            raise UserError(
+                f"{path}: {size / 2**20:.1f} MiB; a config file may hold at most {MAX_FILE_BYTES // 2**20} MiB"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
+        line = exc.object[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#x})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -104,8 +105,9 @@ def check_size(data: Any, key: str = "") -> None:
         where, node = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise ValueError(f"more than {MAX_VALUES} values (YAML aliases counted at each use); "
-                             "a job needs a few hundred")
+            raise ValueError(
+                f"more than {MAX_VALUES} values (YAML aliases counted at each use); a job needs a few hundred"
+            )
         if isinstance(node, str) and len(node) > MAX_STRING_CHARS:
             raise ValueError(f"{where or 'value'}: {len(node)} characters; a value may hold at most {MAX_STRING_CHARS}")
         if isinstance(node, dict):
@@ -125,17 +127,21 @@ def expand_env(value: Any) -> Any:
         UserError: an expanded string is longer than ``MAX_STRING_CHARS``.
     """
     if isinstance(value, str):
+
         def sub(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
             got = os.environ.get(name)
             if got:
                 return got
             return default if default is not None else match.group(0)
+
         expanded = ENV_VAR.sub(sub, value)
         if len(expanded) > MAX_STRING_CHARS:
             names = ", ".join(f"${{{name}}}" for name in dict.fromkeys(unset_vars(value)))
-            raise UserError(f"{shorten(value)}: {len(expanded)} characters once {names} is expanded; "
-                            f"a value may hold at most {MAX_STRING_CHARS}")
+            raise UserError(
+                f"{shorten(value)}: {len(expanded)} characters once {names} is expanded; "
+                f"a value may hold at most {MAX_STRING_CHARS}"
+            )
         return expanded
     if isinstance(value, dict):
         return {k: expand_env(v) for k, v in value.items()}
@@ -189,7 +195,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise UserError(f"{'.'.join(parts[:i + 1])}: is a value, not a mapping (cannot set {key})")
+            raise UserError(f"{'.'.join(parts[: i + 1])}: is a value, not a mapping (cannot set {key})")
         node = child
     node[parts[-1]] = value
 
@@ -274,8 +280,10 @@ def missing_inputs(job: JobSpec) -> list[str]:
     for key, value in _strings(job.model_dump(mode="json")):
         for name in unset_vars(value):
             users.setdefault(name, []).append(key)
-    problems = [f"environment variable {name} is not set (used by {', '.join(keys)}); "
-                f"set it or override {keys[0]}=..." for name, keys in users.items()]
+    problems = [
+        f"environment variable {name} is not set (used by {', '.join(keys)}); set it or override {keys[0]}=..."
+        for name, keys in users.items()
+    ]
     if job.data.format != "synthetic":
         for key in ("root", "annotations"):
             path = getattr(job.data, key)

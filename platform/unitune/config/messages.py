@@ -11,7 +11,6 @@ from pydantic import BaseModel, ValidationError
 
 from unitune.config.job import FieldError
 
-
 # pydantic error type -> reason; "{…}" fields come from the error's ctx.
 REASONS = {
     "missing": "required",

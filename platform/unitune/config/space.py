@@ -13,13 +13,23 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, PrivateAttr, TypeAdapter, ValidationError
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from unitune.choices import RETRIEVAL_METRICS
 from unitune.config.job import FieldError, FiniteFloat, JobSpec, Spec
 from unitune.config.loading import apply_overrides, read_config
 from unitune.config.messages import describe_error, validation_message
-from unitune.choices import RETRIEVAL_METRICS
 from unitune.errors import UserError, shorten
 
 # Per-epoch metrics a trial reports (``unitune.train``), with the direction that is better.
@@ -242,10 +252,12 @@ def job_field_adapter(key: str) -> TypeAdapter:
         is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
         if i < len(parts) - 1:
             if not is_section:
-                raise KeyError(f"{'.'.join(parts[:i + 1])} is a value, not a section")
+                raise KeyError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
             model = annotation
         elif is_section:
-            raise KeyError(f"{key} is a section; name one of its keys (e.g. {key}.{next(iter(annotation.model_fields))})")
+            raise KeyError(
+                f"{key} is a section; name one of its keys (e.g. {key}.{next(iter(annotation.model_fields))})"
+            )
     return TypeAdapter(Annotated[annotation, *field.metadata] if field.metadata else annotation)
 
 
@@ -295,8 +307,10 @@ def _fit_to_job(space: SearchSpaceSpec, job: JobSpec) -> None:
         if max_epochs > epochs:
             raise UserError(f"{where}asha.max_epochs: must be <= train.epochs {epochs} of the job (got {max_epochs})")
         if space.asha.grace_period > max_epochs:
-            raise UserError(f"{where}asha.grace_period: must be <= max_epochs {max_epochs} "
-                            f"(the job's train.epochs; got {space.asha.grace_period})")
+            raise UserError(
+                f"{where}asha.grace_period: must be <= max_epochs {max_epochs} "
+                f"(the job's train.epochs; got {space.asha.grace_period})"
+            )
         space.asha.max_epochs = max_epochs
     bare = job.model_copy()
     bare._source = None  # errors below name the space file, not the job file
@@ -305,8 +319,10 @@ def _fit_to_job(space: SearchSpaceSpec, job: JobSpec) -> None:
             apply_overrides(bare, {**space.fixed, **sampled})
         except UserError as exc:
             chosen = {k: v for k, v in sampled.items() if space.params[k].type == "choice"}
-            raise UserError(f"{where}params: {chosen or sampled} gives an invalid job "
-                            f"({job.source or job.name}): {str(exc).splitlines()[0]}") from None
+            raise UserError(
+                f"{where}params: {chosen or sampled} gives an invalid job "
+                f"({job.source or job.name}): {str(exc).splitlines()[0]}"
+            ) from None
 
 
 def space_warnings(space: SearchSpaceSpec) -> list[str]:
@@ -315,11 +331,15 @@ def space_warnings(space: SearchSpaceSpec) -> list[str]:
     where = f"{space.source}: " if space.source else ""
     problems = []
     if not space.params and space.num_trials > 1:
-        problems.append(f"{where}params: empty; all {space.num_trials} trials would train the same "
-                        "configuration (add params, or set num_trials: 1)")
+        problems.append(
+            f"{where}params: empty; all {space.num_trials} trials would train the same "
+            "configuration (add params, or set num_trials: 1)"
+        )
     if space.num_trials > MANY_TRIALS:
-        problems.append(f"{where}num_trials: {space.num_trials} trials is more than {MANY_TRIALS}; "
-                        "the search would not end (Ctrl-C stops it; --resume continues)")
+        problems.append(
+            f"{where}num_trials: {space.num_trials} trials is more than {MANY_TRIALS}; "
+            "the search would not end (Ctrl-C stops it; --resume continues)"
+        )
     return problems
 
 

@@ -11,8 +11,9 @@ num_frames, seed, cache_dir}. Library layer: no Ray, no MLflow.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
+from unitune.choices import DATA_FORMATS, NUM_FRAMES, SYNTHETIC_CACHE_DIR, SYNTHETIC_DEFAULTS
 from unitune.data.base import (
     BAD_SAMPLE_POLICIES,
     MODALITIES,
@@ -31,15 +32,30 @@ from unitune.data.manifest import load_manifest
 from unitune.data.msrvtt import load_msrvtt
 from unitune.data.synthetic import generate as generate_synthetic
 from unitune.data.video import load_video, segment_random_indices, uniform_indices
-from unitune.choices import DATA_FORMATS, NUM_FRAMES, SYNTHETIC_CACHE_DIR, SYNTHETIC_DEFAULTS
 from unitune.errors import UserError
 
 FORMAT_MODALITIES = {"karpathy": ("image",), "msrvtt": ("video",), "manifest": MODALITIES, "synthetic": MODALITIES}
 
 __all__ = [
-    "BAD_SAMPLE_POLICIES", "CLIP_MEAN", "CLIP_STD", "Collator", "DATA_FORMATS", "ImageTransform", "ItemDataset",
-    "RetrievalDataset", "build_dataset", "check_batch_size", "collate", "default_transform", "generate_synthetic",
-    "load_image", "load_video", "read_entries", "segment_random_indices", "split_names", "uniform_indices",
+    "BAD_SAMPLE_POLICIES",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "Collator",
+    "DATA_FORMATS",
+    "ImageTransform",
+    "ItemDataset",
+    "RetrievalDataset",
+    "build_dataset",
+    "check_batch_size",
+    "collate",
+    "default_transform",
+    "generate_synthetic",
+    "load_image",
+    "load_video",
+    "read_entries",
+    "segment_random_indices",
+    "split_names",
+    "uniform_indices",
 ]
 
 
@@ -68,8 +84,9 @@ def split_names(spec, split: str) -> tuple[list[str], str]:
     return names, key
 
 
-def read_entries(fmt: str, modality: str, annotations: str | None, root: str | None,
-                 names: list[str], key: str, screen: Screen) -> list[Entry]:
+def read_entries(
+    fmt: str, modality: str, annotations: str | None, root: str | None, names: list[str], key: str, screen: Screen
+) -> list[Entry]:
     """Parse the entries of split(s) `names` from an annotation file (no media is opened).
 
     `fmt`: karpathy, msrvtt or manifest (the synthetic set is a manifest). Annotation

@@ -17,9 +17,9 @@ Bad data policy (`on_bad_sample`):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
 
 import torch
 from torch.utils.data import Dataset
@@ -53,9 +53,7 @@ class Screen:
 
     def __post_init__(self):
         if self.policy not in BAD_SAMPLE_POLICIES:
-            raise UserError(
-                f"data.on_bad_sample: {self.policy!r} is not one of {', '.join(BAD_SAMPLE_POLICIES)}"
-            )
+            raise UserError(f"data.on_bad_sample: {self.policy!r} is not one of {', '.join(BAD_SAMPLE_POLICIES)}")
 
     def reject(self, message: str) -> None:
         if self.policy == "error":
@@ -140,7 +138,7 @@ class RetrievalDataset(Dataset):
         item = self._item_of_caption[j]
         return {"visual": self.load_visual(item), "text": self.captions[j], "item_id": self._positive_ids[item]}
 
-    def item_dataset(self) -> "ItemDataset":
+    def item_dataset(self) -> ItemDataset:
         """A Dataset over items (uniform frame sampling) for evaluation."""
         return ItemDataset(self)
 

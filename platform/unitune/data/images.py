@@ -46,8 +46,16 @@ class ImageTransform:
     area, resized to `crop` (no flips: captions may say "left of").
     """
 
-    def __init__(self, *, resize: int, crop: int, mean: Sequence[float], std: Sequence[float],
-                 train: bool, train_scale: tuple[float, float] = (0.8, 1.0)):
+    def __init__(
+        self,
+        *,
+        resize: int,
+        crop: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool,
+        train_scale: tuple[float, float] = (0.8, 1.0),
+    ):
         self.resize, self.crop, self.train = int(resize), int(crop), train
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -55,9 +63,15 @@ class ImageTransform:
 
     def describe(self) -> dict:
         """The settings that change the output (the feature cache's key); JSON-able."""
-        return {"class": "ImageTransform", "resize": self.resize, "crop": self.crop,
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(), "train": self.train,
-                "train_scale": list(self.train_scale) if self.train else None}
+        return {
+            "class": "ImageTransform",
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "train": self.train,
+            "train_scale": list(self.train_scale) if self.train else None,
+        }
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
@@ -68,12 +82,14 @@ class ImageTransform:
             side = max(1, round(math.sqrt(area) * min(width, height)))
             left = torch.randint(0, width - side + 1, ()).item()
             top = torch.randint(0, height - side + 1, ()).item()
-            image = image.resize((self.crop, self.crop), Image.BICUBIC, box=(left, top, left + side, top + side))
+            image = image.resize(
+                (self.crop, self.crop), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+            )
         else:
             scale = self.resize / min(width, height)
             size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
             if size != (width, height):
-                image = image.resize(size, Image.BICUBIC)
+                image = image.resize(size, Image.Resampling.BICUBIC)
             left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
             image = image.crop((left, top, left + self.crop, top + self.crop))
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)

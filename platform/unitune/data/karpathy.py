@@ -30,7 +30,7 @@ def read_text(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
 
 
@@ -52,9 +52,7 @@ def check_split_names(path: str, names: list[str], available: set[str], key: str
     """Raise UserError when a requested split does not occur in the file."""
     for name in names:
         if name not in available:
-            raise UserError(
-                f"{path}: split {name!r} ({key}) not found; available: {', '.join(sorted(available))}"
-            )
+            raise UserError(f"{path}: split {name!r} ({key}) not found; available: {', '.join(sorted(available))}")
 
 
 def load_karpathy(path: str, root: str | None, names: list[str], key: str, screen: Screen) -> list[Entry]:

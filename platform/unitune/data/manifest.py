@@ -32,7 +32,9 @@ def read_rows(path: str) -> list[tuple[str, dict]]:
     try:
         text = read_text(path)
         if path.endswith(".csv"):
-            return [(f"{path}: line {n + 2}", row) for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")))]
+            return [
+                (f"{path}: line {n + 2}", row) for n, row in enumerate(csv.DictReader(io.StringIO(text, newline="")))
+            ]
         rows = []
         for n, line in enumerate(text.split("\n")):  # JSON Lines: only \n ends a line
             if line.strip():

@@ -45,7 +45,7 @@ def read_csv(path: str, columns: tuple[str, ...]) -> list[dict]:
 
 
 def _video_number(video_id: str, where: str) -> int:
-    digits = video_id[len("video"):] if video_id.startswith("video") else ""
+    digits = video_id[len("video") :] if video_id.startswith("video") else ""
     if not digits.isdigit():
         raise UserError(f"{where}: video_id {video_id!r} is not of the form videoN")
     return int(digits)

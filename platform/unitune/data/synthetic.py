@@ -167,7 +167,10 @@ def video_captions(scene: dict) -> list[str]:
             if syn:
                 core = ["there is " + c for c in core]
         if scene["companion"] is not None:
-            core = [f"{c} {word} {_obj_text(scene['companion'], syn)}" for c, word in zip(core, ("next to", "beside", "next to"))]
+            core = [
+                f"{c} {word} {_obj_text(scene['companion'], syn)}"
+                for c, word in zip(core, ("next to", "beside", "next to"))
+            ]
         out += core
     return list(dict.fromkeys(out))
 
@@ -309,8 +312,15 @@ def generate(
     counts = {"train": num_train, "val": num_val, "test": num_test}
     if min(counts.values()) < 0 or captions_per_item < 1 or image_size < 8 or num_frames < 2:
         raise ValueError("synthetic: counts must be >= 0, captions_per_item >= 1, image_size >= 8, num_frames >= 2")
-    params = {"version": GENERATOR_VERSION, "modality": modality, **counts, "captions_per_item": captions_per_item,
-              "image_size": image_size, "num_frames": num_frames if modality == "video" else None, "seed": seed}
+    params = {
+        "version": GENERATOR_VERSION,
+        "modality": modality,
+        **counts,
+        "captions_per_item": captions_per_item,
+        "image_size": image_size,
+        "num_frames": num_frames if modality == "video" else None,
+        "seed": seed,
+    }
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     final = os.path.join(cache_dir, f"{modality}-{digest}")
     manifest = os.path.join(final, "manifest.jsonl")
@@ -359,10 +369,16 @@ def _write_set(folder, modality, counts, captions_per_item, image_size, num_fram
                 paraphrases = video_captions(scene)
             picked = rng.sample(paraphrases, min(captions_per_item, len(paraphrases)))
             picked += [paraphrases[k % len(paraphrases)] for k in range(captions_per_item - len(picked))]
-            rows.append({
-                modality: name, "captions": picked, "id": item_id, "split": split, "scene": scene,
-                "hard_negative": None if partner is None else first + partner,
-            })
+            rows.append(
+                {
+                    modality: name,
+                    "captions": picked,
+                    "id": item_id,
+                    "split": split,
+                    "scene": scene,
+                    "hard_negative": None if partner is None else first + partner,
+                }
+            )
         next_id += len(scenes)
     with open(os.path.join(folder, "manifest.jsonl"), "w") as handle:
         for row in rows:

@@ -39,9 +39,7 @@ def uniform_indices(num_total: int, num_frames: int) -> list[int]:
     return [min(int((i + 0.5) * num_total / num_frames), num_total - 1) for i in range(num_frames)]
 
 
-def segment_random_indices(
-    num_total: int, num_frames: int, generator: torch.Generator | None = None
-) -> list[int]:
+def segment_random_indices(num_total: int, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
     """F frame indices, one drawn uniformly inside each of F equal segments (sorted).
 
     Uses torch's RNG, which DataLoader seeds differently in every worker.

@@ -13,10 +13,33 @@ Library layer: no Ray, no MLflow.
 """
 
 from unitune.features.cache import (
-    AUTO_DIR, DIR_ENV, FeatureCache, augment, cache_directory, check, job_model, open_cache, prepare, setting,
+    AUTO_DIR,
+    DIR_ENV,
+    FeatureCache,
+    augment,
+    cache_directory,
+    check,
+    job_model,
+    open_cache,
+    prepare,
+    setting,
 )
 from unitune.features.cached import CachedCollator, CachedPairs, CachedSplit
 from unitune.features.key import FORMAT_VERSION
 
-__all__ = ["AUTO_DIR", "DIR_ENV", "FORMAT_VERSION", "CachedCollator", "CachedPairs", "CachedSplit", "FeatureCache",
-           "augment", "cache_directory", "check", "job_model", "open_cache", "prepare", "setting"]
+__all__ = [
+    "AUTO_DIR",
+    "DIR_ENV",
+    "FORMAT_VERSION",
+    "CachedCollator",
+    "CachedPairs",
+    "CachedSplit",
+    "FeatureCache",
+    "augment",
+    "cache_directory",
+    "check",
+    "job_model",
+    "open_cache",
+    "prepare",
+    "setting",
+]

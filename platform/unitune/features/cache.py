@@ -49,8 +49,11 @@ def augment(job) -> bool | None:
 
 def _freezes(job) -> bool:
     freeze = job.model.freeze
-    return bool(freeze.projections_only or freeze.visual_trainable_layers is not None
-                or freeze.text_trainable_layers is not None)
+    return bool(
+        freeze.projections_only
+        or freeze.visual_trainable_layers is not None
+        or freeze.text_trainable_layers is not None
+    )
 
 
 def cache_directory(job) -> Path | None:
@@ -64,8 +67,12 @@ def cache_directory(job) -> Path | None:
 
 
 def _no_effect(value: str) -> None:
-    warnings.warn(f"{KEY}: {value} has no effect: the model has no frozen layer to cache "
-                  "(set model.freeze, or leave data.feature_cache at auto)", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"{KEY}: {value} has no effect: the model has no frozen layer to cache "
+        "(set model.freeze, or leave data.feature_cache at auto)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def check(job) -> Path | None:
@@ -89,8 +96,10 @@ def check(job) -> Path | None:
     if augment(job) is True:
         if value == "auto":
             return None
-        raise UserError(f"{KEY}: {value} caches one deterministic view per item, but data.augment is true "
-                        "(random augmentation); set data.feature_cache: off or data.augment: false")
+        raise UserError(
+            f"{KEY}: {value} caches one deterministic view per item, but data.augment is true "
+            "(random augmentation); set data.feature_cache: off or data.augment: false"
+        )
     directory = cache_directory(job)
     check_writable(directory)
     if value == "auto":
@@ -107,13 +116,15 @@ class FeatureCache:
     split: dict[str, int | None]
     batch_size: int = 256
     num_workers: int = 0
-    stats: dict = field(default_factory=lambda: {"feature_cache_s": 0.0, "entries_built": 0,
-                                                  "entries_reused": 0, "bytes": 0})
+    stats: dict = field(
+        default_factory=lambda: {"feature_cache_s": 0.0, "entries_built": 0, "entries_reused": 0, "bytes": 0}
+    )
 
     def _build(self, tower: str, model, dataset, k: int, device: torch.device) -> dict[str, torch.Tensor]:
         if tower == "visual":
-            return build_visual(model, dataset, k, batch_size=self.batch_size, device=device,
-                                num_workers=self.num_workers)
+            return build_visual(
+                model, dataset, k, batch_size=self.batch_size, device=device, num_workers=self.num_workers
+            )
         return build_text(model, dataset.captions, k, batch_size=self.batch_size, device=device)
 
     def load(self, model, dataset, *, device: torch.device) -> CachedSplit:
@@ -127,8 +138,9 @@ class FeatureCache:
                 continue
             key = visual_key(model, dataset, k) if tower == "visual" else text_key(model, dataset, k)
             name = entry_name(key)
-            parts[tower], written = get_or_build(self.directory, name, key,
-                                                 functools.partial(self._build, tower, model, dataset, k, device))
+            parts[tower], written = get_or_build(
+                self.directory, name, key, functools.partial(self._build, tower, model, dataset, k, device)
+            )
             self.stats["entries_built" if written else "entries_reused"] += 1
             self.stats["bytes"] += paths(self.directory, name)[0].stat().st_size
         self.stats["feature_cache_s"] += time.perf_counter() - started

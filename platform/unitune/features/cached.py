@@ -24,8 +24,9 @@ SEQUENCE_KEYS = ("hidden",)
 
 
 @torch.no_grad()
-def build_visual(model, dataset, k: int, *, batch_size: int, device: torch.device,
-                 num_workers: int = 0) -> dict[str, torch.Tensor]:
+def build_visual(
+    model, dataset, k: int, *, batch_size: int, device: torch.device, num_workers: int = 0
+) -> dict[str, torch.Tensor]:
     """The visual prefix of every item of ``dataset`` (its transform must be the evaluation
     one; videos: uniform frames). -> ``{"prefix": [num_items, ...]}`` float32 on the CPU."""
     model.eval()
@@ -42,8 +43,7 @@ def build_visual(model, dataset, k: int, *, batch_size: int, device: torch.devic
 
 
 @torch.no_grad()
-def build_text(model, captions: list[str], k: int, *, batch_size: int,
-               device: torch.device) -> dict[str, torch.Tensor]:
+def build_text(model, captions: list[str], k: int, *, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The text prefix of every caption (see the module doc for the layout).
 
     Raises ValueError for a tokenizer that pads on the left (the layout needs each
@@ -55,7 +55,7 @@ def build_text(model, captions: list[str], k: int, *, batch_size: int,
     parts: dict[str, list[torch.Tensor]] = {}
     lengths: list[torch.Tensor] = []
     for start in range(0, len(distinct), batch_size):
-        tokens = model.tokenize(distinct[start:start + batch_size])
+        tokens = model.tokenize(distinct[start : start + batch_size])
         mask = tokens["attention_mask"]
         prefix = model.text_prefix(tokens["input_ids"].to(device), mask.to(device), k)
         if "hidden" in prefix:
@@ -64,7 +64,8 @@ def build_text(model, captions: list[str], k: int, *, batch_size: int,
                 raise ValueError("the feature cache needs right-padded tokens (padding_side='right')")
             lengths.append(length)
             parts.setdefault("hidden", []).extend(
-                row[:n].float().cpu() for row, n in zip(prefix["hidden"], length.tolist(), strict=True))
+                row[:n].float().cpu() for row, n in zip(prefix["hidden"], length.tolist(), strict=True)
+            )
         for name, value in prefix.items():
             if name not in ("hidden", "attention_mask"):
                 parts.setdefault(name, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
@@ -92,10 +93,11 @@ class CachedSplit:
         """Caption ``j``'s prefix: ``{"hidden": [len_j, H], extras}`` or ``{"pooled": [H]}``."""
         text = self.text
         row = int(text["caption_index"][j])
-        per_row = {name: value[row] for name, value in text.items()
-                   if name not in ("hidden", "offsets", "caption_index")}
+        per_row = {
+            name: value[row] for name, value in text.items() if name not in ("hidden", "offsets", "caption_index")
+        }
         if "offsets" in text:
-            per_row["hidden"] = text["hidden"][int(text["offsets"][row]):int(text["offsets"][row + 1])]
+            per_row["hidden"] = text["hidden"][int(text["offsets"][row]) : int(text["offsets"][row + 1])]
         return per_row
 
     def text_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:

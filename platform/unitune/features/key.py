@@ -64,9 +64,14 @@ def visual_key(model, dataset, k: int) -> dict:
     """Key of the visual entry of ``dataset`` (a ``RetrievalDataset``) under ``model``'s cut ``k``."""
     transform = model.image_transform(train=False)
     key = _common(model, dataset, "visual", k)
-    key.update({"transform": transform.describe(), "modality": dataset.modality,
-                "frames": {"count": dataset.num_frames, "sampling": "uniform"} if dataset.modality == "video" else None,
-                "items_sha256": _items_digest(dataset.items)})
+    key.update(
+        {
+            "transform": transform.describe(),
+            "modality": dataset.modality,
+            "frames": {"count": dataset.num_frames, "sampling": "uniform"} if dataset.modality == "video" else None,
+            "items_sha256": _items_digest(dataset.items),
+        }
+    )
     return key
 
 

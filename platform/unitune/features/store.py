@@ -21,8 +21,8 @@ import fcntl
 import hashlib
 import json
 import os
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -105,8 +105,7 @@ def locked(directory: Path, name: str) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "a+")
     except OSError as exc:
-        raise UserError(f"{KEY}: cannot write the feature cache directory {directory}: "
-                        f"{exc.strerror or exc}") from None
+        raise UserError(f"{KEY}: cannot write the feature cache directory {directory}: {exc.strerror or exc}") from None
     with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -115,8 +114,9 @@ def locked(directory: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def get_or_build(directory: Path, name: str, key: dict,
-                 build: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], int]:
+def get_or_build(
+    directory: Path, name: str, key: dict, build: Callable[[], dict[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], int]:
     """A valid entry's tensors, building (and writing) it first when needed.
 
     Concurrent callers on one machine (or on a shared file system with working locks)
@@ -144,5 +144,4 @@ def check_writable(directory: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"{KEY}: cannot write the feature cache directory {directory}: "
-                        f"{exc.strerror or exc}") from None
+        raise UserError(f"{KEY}: cannot write the feature cache directory {directory}: {exc.strerror or exc}") from None

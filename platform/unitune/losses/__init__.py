@@ -9,5 +9,14 @@ from .scale import LearnableScale
 from .scheduled import scheduled_loss
 from .unified import unified_loss
 
-__all__ = ["MINING_MODES", "WARMUP_MODES", "LearnableScale", "MiningSchedule", "hinge_mean_loss",
-           "scheduled_loss", "triplet_hn_loss", "unified_loss", "vlc_loss"]
+__all__ = [
+    "MINING_MODES",
+    "WARMUP_MODES",
+    "LearnableScale",
+    "MiningSchedule",
+    "hinge_mean_loss",
+    "scheduled_loss",
+    "triplet_hn_loss",
+    "unified_loss",
+    "vlc_loss",
+]

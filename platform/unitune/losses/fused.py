@@ -65,7 +65,6 @@ class DiagonalMined(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, margin, k):
-        n = x.shape[0]
         rows = x.clone(memory_format=torch.contiguous_format)
         cols = x.t().clone(memory_format=torch.contiguous_format)  # row reductions are the fast ones
         rows.diagonal().fill_(_NEG_INF)

@@ -113,7 +113,9 @@ def find_positives(sim, row_ids=None, col_ids=None):
             raise ValueError(f"{name}: {kind}s {lonely[:10].tolist()} have no positive (no same id on the other side)")
         crowded = torch.nonzero(counts == other).flatten()
         if crowded.numel():
-            raise ValueError(f"{name}: {kind}s {crowded[:10].tolist()} have no negative (every id on the other side is the same)")
+            raise ValueError(
+                f"{name}: {kind}s {crowded[:10].tolist()} have no negative (every id on the other side is the same)"
+            )
     min_negatives = int(min(n_t - row_pos.max(), n_v - col_pos.max()))
     rows, cols = mask.nonzero(as_tuple=True)
     return Positives(False, mask, rows, cols, min_negatives)

@@ -37,5 +37,6 @@ class MiningSchedule:
         return self.warmup_mining if epoch <= self.warmup_epochs else self.mining
 
     def __repr__(self):
-        return (f"MiningSchedule({self.mining!r}, warmup_epochs={self.warmup_epochs}, "
-                f"warmup_mining={self.warmup_mining!r})")
+        return (
+            f"MiningSchedule({self.mining!r}, warmup_epochs={self.warmup_epochs}, warmup_mining={self.warmup_mining!r})"
+        )

@@ -97,6 +97,8 @@ def dense_diagnostics(x, mask, margin):
         hard_row, hard_col = negatives.amax(1), negatives.amax(0)
         violation_row = (hard_row + margin > positives.amin(1)).to(x.dtype).mean()
         violation_col = (hard_col + margin > positives.amin(0)).to(x.dtype).mean()
-        return {"pos_sim": x[mask].mean(),
-                "hard_neg_sim": (hard_row.mean() + hard_col.mean()) / 2,
-                "violation_frac": (violation_row + violation_col) / 2}
+        return {
+            "pos_sim": x[mask].mean(),
+            "hard_neg_sim": (hard_row.mean() + hard_col.mean()) / 2,
+            "violation_frac": (violation_row + violation_col) / 2,
+        }

@@ -22,5 +22,13 @@ def scheduled_loss(sim, mode, *, margin, gamma, topk=None, row_ids=None, col_ids
     """
     if mode == "hinge_mean":
         return hinge_mean_loss(sim, margin=margin, row_ids=row_ids, col_ids=col_ids)
-    return unified_loss(sim, margin=margin, gamma=gamma, mining=mode, topk=topk, row_ids=row_ids,
-                        col_ids=col_ids, scale_by_gamma=scale_by_gamma)
+    return unified_loss(
+        sim,
+        margin=margin,
+        gamma=gamma,
+        mining=mode,
+        topk=topk,
+        row_ids=row_ids,
+        col_ids=col_ids,
+        scale_by_gamma=scale_by_gamma,
+    )

@@ -21,7 +21,6 @@ reaches exactly the chosen entries, as with torch.max / torch.topk.
 """
 
 import torch
-import torch.nn.functional as F
 
 from .fused import DiagonalAll, DiagonalMined
 from .inputs import check_number, check_sim, find_positives
@@ -30,8 +29,7 @@ from .mining import check_mining
 _NEG_INF = float("-inf")
 
 
-def unified_loss(sim, *, margin, gamma, mining="all", topk=None, row_ids=None, col_ids=None,
-                 scale_by_gamma=False):
+def unified_loss(sim, *, margin, gamma, mining="all", topk=None, row_ids=None, col_ids=None, scale_by_gamma=False):
     """Unified loss of a batch's similarity matrix, both retrieval directions.
 
     Args:
@@ -90,8 +88,9 @@ def unified_loss(sim, *, margin, gamma, mining="all", topk=None, row_ids=None, c
         if scale_by_gamma:
             losses = losses / gamma
         if hard_row.shape == hard_col.shape:
-            diagnostics = _diagnostics(pos_values, torch.stack([hard_row, hard_col]),
-                                       torch.stack([pos_min_row, pos_min_col]), margin)
+            diagnostics = _diagnostics(
+                pos_values, torch.stack([hard_row, hard_col]), torch.stack([pos_min_row, pos_min_col]), margin
+            )
         else:  # each direction's mean counts once, whatever its number of anchors
             rows = _diagnostics(pos_values, hard_row, pos_min_row, margin)
             cols = _diagnostics(pos_values, hard_col, pos_min_col, margin)
@@ -105,8 +104,10 @@ def _check_topk(topk, min_negatives):
     if isinstance(topk, bool) or not isinstance(topk, int):
         raise ValueError(f"topk must be an int when mining='topk', got {topk!r}")
     if not 1 <= topk < min_negatives:
-        raise ValueError(f"topk must satisfy 1 <= topk < {min_negatives} (the fewest negatives of any "
-                         f"anchor in this batch), got {topk}")
+        raise ValueError(
+            f"topk must satisfy 1 <= topk < {min_negatives} (the fewest negatives of any "
+            f"anchor in this batch), got {topk}"
+        )
     return topk
 
 
@@ -181,5 +182,8 @@ def _diagnostics(pos_values, hard, pos_min, margin):
     """Detached diagnostics (see `unified_loss`) from the positive similarities, and per
     anchor its hardest negative `hard` and hardest positive `pos_min` (same shape)."""
     m = margin.detach() if isinstance(margin, torch.Tensor) else margin
-    return {"pos_sim": pos_values.mean(), "hard_neg_sim": hard.mean(),
-            "violation_frac": (hard + m > pos_min).to(hard.dtype).mean()}
+    return {
+        "pos_sim": pos_values.mean(),
+        "hard_neg_sim": hard.mean(),
+        "violation_frac": (hard + m > pos_min).to(hard.dtype).mean(),
+    }

@@ -1,7 +1,7 @@
 """Dual encoders for vision-language retrieval: `tiny`, `clip` and `two_tower`.
 
-    build_model(spec, captions=None) -> DualEncoder
-    save_model(model, directory); load_model(directory) -> DualEncoder
+build_model(spec, captions=None) -> DualEncoder
+save_model(model, directory); load_model(directory) -> DualEncoder
 """
 
 from unitune.models.base import VIDEO_POOLINGS, DualEncoder
@@ -11,6 +11,15 @@ from unitune.models.towers import IMAGE_TOWERS
 from unitune.models.two_tower import TEXT_ENCODERS
 
 __all__ = [
-    "DualEncoder", "MODEL_REGISTRY", "IMAGE_TOWERS", "TEXT_ENCODERS", "TINY_PRESETS", "VIDEO_POOLINGS",
-    "WordTokenizer", "build_model", "load_model", "model_config", "save_model",
+    "DualEncoder",
+    "MODEL_REGISTRY",
+    "IMAGE_TOWERS",
+    "TEXT_ENCODERS",
+    "TINY_PRESETS",
+    "VIDEO_POOLINGS",
+    "WordTokenizer",
+    "build_model",
+    "load_model",
+    "model_config",
+    "save_model",
 ]

@@ -14,9 +14,10 @@ an unused parameter.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,13 @@ class SeqTransfPooling(nn.Module):
         self.frame_position = nn.Embedding(max_frames, dim)
         nn.init.normal_(self.frame_position.weight, std=0.01)
         layer = nn.TransformerEncoderLayer(
-            dim, _num_heads(dim), 4 * dim, dropout=0.0, activation="gelu",
-            batch_first=True, norm_first=True,
+            dim,
+            _num_heads(dim),
+            4 * dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
@@ -121,7 +127,7 @@ def freeze_tower(layout: TowerLayout, trainable_layers: int | None, *, key: str)
         raise UserError(f"{key}: {trainable_layers} is not between 0 and the tower's {count} layers")
     _set_trainable(layout.body, False)
     if trainable_layers > 0:
-        _set_trainable(layout.layers[count - trainable_layers:], True)
+        _set_trainable(layout.layers[count - trainable_layers :], True)
         _set_trainable(layout.head, True)
 
 
@@ -139,9 +145,11 @@ def generic_layout(module: nn.Module) -> TowerLayout:
     children registered after the child holding those layers (final norm, pooler)."""
     layers = longest_module_list(module)
     children = list(module.children())
-    holder = next((i for i, child in enumerate(children)
-                   if layers and any(m is layers[0] for m in child.modules())), len(children))
-    return TowerLayout([module], layers, children[holder + 1:])
+    holder = next(
+        (i for i, child in enumerate(children) if layers and any(m is layers[0] for m in child.modules())),
+        len(children),
+    )
+    return TowerLayout([module], layers, children[holder + 1 :])
 
 
 def features_tensor(output: Any) -> torch.Tensor:
@@ -198,8 +206,7 @@ class DualEncoder(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, config: dict, *, captions: list[str] | None = None,
-                    assets: Path | None = None) -> "DualEncoder":
+    def from_config(cls, config: dict, *, captions: list[str] | None = None, assets: Path | None = None) -> DualEncoder:
         """Build from `config`: pretrained sources when `assets` is None, else the
         architecture saved in `assets` (weights are loaded by `load_model`)."""
         raise NotImplementedError
@@ -227,8 +234,9 @@ class DualEncoder(nn.Module):
             return self.encode_video(visual)
         raise ValueError(f"visual input must be [B,3,H,W] or [B,F,3,H,W], got shape {tuple(visual.shape)}")
 
-    def forward(self, visual: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, visual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (visual embeddings `[B, D]`, text embeddings `[B, D]`), for DDP wrapping."""
         return self.encode_visual(visual), self.encode_text(input_ids, attention_mask)
 
@@ -265,7 +273,7 @@ class DualEncoder(nn.Module):
         freeze_tower(layouts["visual"], visual, key="model.freeze.visual_trainable_layers")
         freeze_tower(layouts["text"], text, key="model.freeze.text_trainable_layers")
 
-    def train(self, mode: bool = True) -> "DualEncoder":
+    def train(self, mode: bool = True) -> DualEncoder:
         """As nn.Module.train, but every module whose parameters are all frozen stays in eval
         mode: frozen BatchNorm keeps its statistics, and frozen dropout / drop-connect draw
         nothing, so a frozen layer is a fixed function (what the feature cache relies on)."""
@@ -377,7 +385,9 @@ class DualEncoder(nn.Module):
         expected = set(self.trainable_state())
         if set(state) != expected:
             extra, missing = sorted(set(state) - expected)[:3], sorted(expected - set(state))[:3]
-            raise ValueError(f"checkpoint does not match the model's trainable state (extra {extra}, missing {missing})")
+            raise ValueError(
+                f"checkpoint does not match the model's trainable state (extra {extra}, missing {missing})"
+            )
         self.load_state_dict(state, strict=False)
 
 

@@ -5,8 +5,8 @@ The `tiny` presets reuse this class with a random-initialised CLIPModel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel
@@ -73,8 +73,9 @@ class CLIPDualEncoder(DualEncoder):
         return (input_ids.to(torch.int) == eos_id).int().argmax(dim=-1)
 
     def _causal_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
-        return create_causal_mask(config=self.clip.text_model.config, inputs_embeds=hidden,
-                                  attention_mask=attention_mask, cache=None)
+        return create_causal_mask(
+            config=self.clip.text_model.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None
+        )
 
     def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """-> `{"hidden", "attention_mask", "pool_index"}` (the EOS position) after layer k,
@@ -110,8 +111,10 @@ class CLIPDualEncoder(DualEncoder):
 
     def tower_modules(self) -> dict[str, list[torch.nn.Module]]:
         # The projections come with the checkpoint, so they train at the tower's rate.
-        return {"visual": [self.clip.vision_model, self.clip.visual_projection],
-                "text": [self.clip.text_model, self.clip.text_projection]}
+        return {
+            "visual": [self.clip.vision_model, self.clip.visual_projection],
+            "text": [self.clip.text_model, self.clip.text_projection],
+        }
 
     def image_transform(self, train: bool) -> ImageTransform:
         if self.processor is not None:
@@ -127,8 +130,9 @@ class CLIPDualEncoder(DualEncoder):
             self.processor.save_pretrained(hf_dir)
 
     @classmethod
-    def from_config(cls, config: dict, *, captions: list[str] | None = None,
-                    assets: Path | None = None) -> "CLIPDualEncoder":
+    def from_config(
+        cls, config: dict, *, captions: list[str] | None = None, assets: Path | None = None
+    ) -> CLIPDualEncoder:
         """Load `config["checkpoint"]` (or the architecture saved in `assets`).
 
         Raises UserError for a missing checkpoint or a tokenizer whose EOS id differs from
@@ -150,7 +154,9 @@ class CLIPDualEncoder(DualEncoder):
             processor = None
         eos_id = clip.config.text_config.eos_token_id
         if eos_id != _LEGACY_EOS_ID and tokenizer.eos_token_id != eos_id:
-            raise UserError(f"{key}: tokenizer eos_token_id {tokenizer.eos_token_id} != "
-                            f"text_config.eos_token_id {eos_id} in {str(source)!r}")
+            raise UserError(
+                f"{key}: tokenizer eos_token_id {tokenizer.eos_token_id} != "
+                f"text_config.eos_token_id {eos_id} in {str(source)!r}"
+            )
         length = max_length(tokenizer, clip.config.text_config.max_position_embeddings)
         return cls(config, clip, HFTokenizer(tokenizer, length), processor)

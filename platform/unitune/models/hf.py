@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -28,14 +29,18 @@ class HFTokenizer:
     def describe(self) -> dict:
         """What changes the token ids (the feature cache's key): class, source, limit, vocabulary digest."""
         vocab = json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False)
-        return {"class": type(self.tokenizer).__name__, "source": str(self.tokenizer.name_or_path),
-                "max_length": self.max_length, "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()}
+        return {
+            "class": type(self.tokenizer).__name__,
+            "source": str(self.tokenizer.name_or_path),
+            "max_length": self.max_length,
+            "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        }
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": encoded["input_ids"].long(),
-                "attention_mask": encoded["attention_mask"].long()}
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
 
 
 def max_length(tokenizer: Any, max_positions: int) -> int:

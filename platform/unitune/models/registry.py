@@ -66,8 +66,9 @@ def save_model(model: DualEncoder, directory: str | Path) -> Path:
     return directory
 
 
-def load_model(source: str | Path, map_location: str | torch.device = "cpu", *,
-               tracking_uri: str | None = None) -> DualEncoder:
+def load_model(
+    source: str | Path, map_location: str | torch.device = "cpu", *, tracking_uri: str | None = None
+) -> DualEncoder:
     """Rebuild a model written by `save_model` (weights via torch.load(weights_only=True)),
     needing neither the original checkpoint nor captions.
 

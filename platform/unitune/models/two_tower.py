@@ -3,8 +3,8 @@ linear projections (VSE-infinity style)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -58,13 +58,15 @@ class TextTower(nn.Module):
     def can_split(self, k: int) -> bool:
         """Anywhere in a BERT-family encoder (embeddings, encoder.layer, no decoder);
         other encoders only after their last layer."""
-        bert_like = (hasattr(self.model, "embeddings") and hasattr(getattr(self.model, "encoder", None), "layer")
-                     and not getattr(self.model.config, "is_decoder", False))
+        bert_like = (
+            hasattr(self.model, "embeddings")
+            and hasattr(getattr(self.model, "encoder", None), "layer")
+            and not getattr(self.model.config, "is_decoder", False)
+        )
         return k == len(self.layers()) or (bert_like and 0 <= k)
 
     def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
-        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden,
-                                         attention_mask=attention_mask)
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
     def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """-> `{"hidden": [B, L, H], "attention_mask"}` after layer k, or `{"pooled"}` when k = all."""
@@ -101,8 +103,10 @@ class TwoTowerEncoder(DualEncoder):
         embed_dim = config["embed_dim"]
         super().__init__(config, tokenizer, embed_dim)
         if config.get("image_size") and not image_tower.resizable:
-            raise UserError(f"model.image_size: the image tower {config['image_encoder']!r} has a fixed input "
-                            "size; leave image_size unset")
+            raise UserError(
+                f"model.image_size: the image tower {config['image_encoder']!r} has a fixed input "
+                "size; leave image_size unset"
+            )
         self.image_tower, self.text_tower = image_tower, text_tower
         self.visual_projection = nn.Linear(image_tower.out_dim, embed_dim)
         self.text_projection = nn.Linear(text_tower.out_dim, embed_dim)
@@ -149,8 +153,9 @@ class TwoTowerEncoder(DualEncoder):
         self.image_tower.save_assets(Path(directory) / "image")
 
     @classmethod
-    def from_config(cls, config: dict, *, captions: list[str] | None = None,
-                    assets: Path | None = None) -> "TwoTowerEncoder":
+    def from_config(
+        cls, config: dict, *, captions: list[str] | None = None, assets: Path | None = None
+    ) -> TwoTowerEncoder:
         """Load `config["image_encoder"]` and `config["text_encoder"]` (registry names or local
         paths), or their architectures saved in `assets`. Raises UserError."""
         key = "model.text_encoder"

@@ -29,8 +29,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-KEYS = ("epochs_to_target", "seconds_to_target", "target_reached", "epochs_to_90pct_best",
-        "normalized_auc", "best_value", "best_epoch")
+KEYS = (
+    "epochs_to_target",
+    "seconds_to_target",
+    "target_reached",
+    "epochs_to_90pct_best",
+    "normalized_auc",
+    "best_value",
+    "best_epoch",
+)
 # Largest value of a bounded metric (recalls are percentages; RSUM sums six of them).
 METRIC_MAX: dict[str, float] = {"rsum": 600.0, **{f"r{k}_{d}": 100.0 for k in (1, 5, 10) for d in ("i2t", "t2i")}}
 
@@ -107,8 +114,15 @@ def normalized_auc(values: Sequence[float], mode: str, scale: float | None, budg
     return total / budget
 
 
-def convergence_summary(curve: Sequence[dict], metric: str, mode: str, target: float | None,
-                        time_key: str = "train_time_s", *, budget: int | None = None) -> dict[str, float]:
+def convergence_summary(
+    curve: Sequence[dict],
+    metric: str,
+    mode: str,
+    target: float | None,
+    time_key: str = "train_time_s",
+    *,
+    budget: int | None = None,
+) -> dict[str, float]:
     """Convergence-speed metrics of one run (see the module docstring for the choices).
 
     Args:

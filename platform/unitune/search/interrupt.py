@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 30.0
@@ -70,8 +70,11 @@ class Interrupt:
 
     def _deadline(self) -> None:
         threading.Event().wait(GRACE_S)
-        print(f"unitune: Ray did not stop within {GRACE_S:.0f} s; exiting (the record is closed)",
-              file=sys.stderr, flush=True)
+        print(
+            f"unitune: Ray did not stop within {GRACE_S:.0f} s; exiting (the record is closed)",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(self.exit_code)
 
     def _handle(self, signum: int, frame) -> None:
@@ -80,8 +83,11 @@ class Interrupt:
             return
         self.signal = signum
         name = signal.Signals(signum).name
-        print(f"unitune: {name} received: closing the search record (trials interrupted, resumable)",
-              file=sys.stderr, flush=True)
+        print(
+            f"unitune: {name} received: closing the search record (trials interrupted, resumable)",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             self.on_first()
         except Exception as exc:  # noqa: BLE001 - the final close at the driver's end retries
@@ -90,6 +96,6 @@ class Interrupt:
             print(f"unitune: resume with  {self.resume_hint}", file=sys.stderr, flush=True)
         threading.Thread(target=self._deadline, daemon=True, name="unitune-interrupt-deadline").start()
         if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-            signal.raise_signal(signal.SIGUSR1)   # Tune's graceful stop
+            signal.raise_signal(signal.SIGUSR1)  # Tune's graceful stop
         else:
-            raise KeyboardInterrupt   # before Tune's loop: end the driver right here
+            raise KeyboardInterrupt  # before Tune's loop: end the driver right here

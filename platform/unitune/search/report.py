@@ -17,13 +17,13 @@ from pathlib import Path
 import optuna
 import yaml
 
+from unitune import tags as T
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
-from unitune import tags as T
 from unitune.search.record import trial_label
 from unitune.search.trial import TrialSetup, read_curve
-from unitune.tracking import param_value
 from unitune.terminal import num
+from unitune.tracking import param_value
 
 
 def pareto_front(storage, search_id: str) -> list[optuna.trial.FrozenTrial]:
@@ -46,25 +46,42 @@ def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
     trials = []
     for run in tracker.search_runs(setup.experiment, {T.SEARCH: setup.search_id, T.ROLE: "trial"}):
         tags = run.data.tags
-        trials.append({
-            "trial_id": tags.get(T.TRIAL), "run_id": run.info.run_id, "name": run.info.run_name,
-            "label": (trial_label(int(tags[T.OPTUNA_TRIAL])) if tags.get(T.OPTUNA_TRIAL, "").isdigit()
-                      else tags.get(T.TRIAL)),
-            "state": tags.get(T.STATE), "status": run.info.status,
-            "params": {k: param_value(v) for k, v in run.data.params.items()},
-            "metrics": tracker.get_metrics(run.info.run_id),
-            "stopped_at_epoch": tags.get(T.STOP_EPOCH), "error": tags.get(T.ERROR),
-            "epochs_run": tags.get(T.EPOCHS_RUN),
-        })
+        trials.append(
+            {
+                "trial_id": tags.get(T.TRIAL),
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "label": (
+                    trial_label(int(tags[T.OPTUNA_TRIAL]))
+                    if tags.get(T.OPTUNA_TRIAL, "").isdigit()
+                    else tags.get(T.TRIAL)
+                ),
+                "state": tags.get(T.STATE),
+                "status": run.info.status,
+                "params": {k: param_value(v) for k, v in run.data.params.items()},
+                "metrics": tracker.get_metrics(run.info.run_id),
+                "stopped_at_epoch": tags.get(T.STOP_EPOCH),
+                "error": tags.get(T.ERROR),
+                "epochs_run": tags.get(T.EPOCHS_RUN),
+            }
+        )
     sign = 1 if setup.mode == "max" else -1
     scored = [t for t in trials if math.isfinite(t["metrics"].get("best_value", math.nan))]
     best = max(scored, key=lambda t: sign * t["metrics"]["best_value"], default=None)
     pareto = None
     if space.objectives and storage is not None:
         pareto = [t.user_attrs.get("trial_id") for t in pareto_front(storage, setup.search_id)]
-    return {"search_id": setup.search_id, "parent_run_id": setup.parent_run_id,
-            "experiment": setup.experiment, "metric": setup.metric, "mode": setup.mode,
-            "target": setup.target, "trials": trials, "best": best, "pareto": pareto}
+    return {
+        "search_id": setup.search_id,
+        "parent_run_id": setup.parent_run_id,
+        "experiment": setup.experiment,
+        "metric": setup.metric,
+        "mode": setup.mode,
+        "target": setup.target,
+        "trials": trials,
+        "best": best,
+        "pareto": pareto,
+    }
 
 
 def best_job(setup: TrialSetup, best: dict) -> JobSpec:
@@ -87,36 +104,48 @@ def write_artifacts(setup: TrialSetup, space: SearchSpaceSpec, job: JobSpec, sto
         _optuna_plots(setup, storage, out / "plots")
         if summary["best"] is not None:
             best = best_job(setup, summary["best"])
-            header = (f"# best trial {summary['best']['trial_id']} of search {setup.search_id} "
-                      f"({setup.metric}={summary['best']['metrics'].get('best_value')})\n"
-                      f"# unitune train best_config.yaml\n")
+            header = (
+                f"# best trial {summary['best']['trial_id']} of search {setup.search_id} "
+                f"({setup.metric}={summary['best']['metrics'].get('best_value')})\n"
+                f"# unitune train best_config.yaml\n"
+            )
             (out / "best_config.yaml").write_text(
-                header + yaml.safe_dump(best.model_dump(mode="json"), sort_keys=False))
+                header + yaml.safe_dump(best.model_dump(mode="json"), sort_keys=False)
+            )
         tracker.log_artifact(parent, out)
 
 
 def _trials_csv(summary: dict, space: SearchSpaceSpec, path: Path) -> None:
     params = list(space.params)
     metric = summary["metric"]
-    heads = ["trial_id", "run_id", "state", "stopped_at_epoch", *params, metric,
-             *CONVERGENCE_KEYS, "error"]
+    heads = ["trial_id", "run_id", "state", "stopped_at_epoch", *params, metric, *CONVERGENCE_KEYS, "error"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(heads)
         for t in summary["trials"]:
             m = t["metrics"]
-            writer.writerow([t["trial_id"], t["run_id"], t["state"], t["stopped_at_epoch"] or "",
-                             *(t["params"].get(p, "") for p in params), m.get(metric, ""),
-                             *(m.get(k, "") for k in CONVERGENCE_KEYS), t["error"] or ""])
+            writer.writerow(
+                [
+                    t["trial_id"],
+                    t["run_id"],
+                    t["state"],
+                    t["stopped_at_epoch"] or "",
+                    *(t["params"].get(p, "") for p in params),
+                    m.get(metric, ""),
+                    *(m.get(k, "") for k in CONVERGENCE_KEYS),
+                    t["error"] or "",
+                ]
+            )
 
 
-LEGEND_PT = 9   # the smallest text of the plots: legends, ticks
+LEGEND_PT = 9  # the smallest text of the plots: legends, ticks
 
 
 def _curves_plot(setup: TrialSetup, summary: dict, path: Path) -> None:
     """Every trial's validation curve, named as in the terminal (``t03``); the best trial
     drawn thick and its best epoch starred; dashed: stopped by ASHA, dotted: failed."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -131,13 +160,28 @@ def _curves_plot(setup: TrialSetup, summary: dict, path: Path) -> None:
         style = "-" if t["state"] == "completed" else ":" if t["state"] == "failed" else "--"
         state = {"stopped_by_asha": "stopped by ASHA"}.get(t["state"], t["state"])
         label = f"{t['label']} ({state})" + (", best" if is_best else "")
-        line, = ax.plot([r["epoch"] for r in curve], [r[setup.metric] for r in curve], style, marker="o",
-                        markersize=3, linewidth=2.8 if is_best else 1.2, zorder=3 if is_best else 2, label=label)
+        (line,) = ax.plot(
+            [r["epoch"] for r in curve],
+            [r[setup.metric] for r in curve],
+            style,
+            marker="o",
+            markersize=3,
+            linewidth=2.8 if is_best else 1.2,
+            zorder=3 if is_best else 2,
+            label=label,
+        )
         if is_best:
             top = (max if setup.mode == "max" else min)(curve, key=lambda r: r[setup.metric])
-            ax.plot([top["epoch"]], [top[setup.metric]], "*", color=line.get_color(), markersize=16,
-                    markeredgecolor="black", zorder=4,
-                    label=f"best: {t['label']} {setup.metric} {num(top[setup.metric])} at epoch {num(top['epoch'])}")
+            ax.plot(
+                [top["epoch"]],
+                [top[setup.metric]],
+                "*",
+                color=line.get_color(),
+                markersize=16,
+                markeredgecolor="black",
+                zorder=4,
+                label=f"best: {t['label']} {setup.metric} {num(top[setup.metric])} at epoch {num(top['epoch'])}",
+            )
     if setup.target is not None:
         ax.axhline(setup.target, color="grey", linewidth=0.8, label=f"target {num(setup.target)}")
     ax.set_xlabel("epoch (0: before training)")
@@ -155,6 +199,7 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
     """Parallel coordinates and parameter importance, when the study has enough trials;
     axes name the study metric (not Optuna's "Objective Value")."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
@@ -187,8 +232,7 @@ def _label(ax, name: str, metric: str) -> None:
     if name == "parallel_coordinates.png":
         labels = ax.get_xticklabels()
         ax.figure.set_size_inches(max(8.0, 1.7 * len(labels)), 5.0)
-        ax.set_xticks(ax.get_xticks(), [lbl.get_text() for lbl in labels], rotation=25, ha="right",
-                      fontsize=LEGEND_PT)
+        ax.set_xticks(ax.get_xticks(), [lbl.get_text() for lbl in labels], rotation=25, ha="right", fontsize=LEGEND_PT)
         ax.set_title(f"{metric} of the completed trials by parameter value", y=1.03)
     else:
         ax.figure.set_size_inches(8.0, 4.8)
@@ -196,7 +240,7 @@ def _label(ax, name: str, metric: str) -> None:
         ax.set_xlabel(f"importance for {metric} (fANOVA over the completed trials)")
         ax.tick_params(labelsize=LEGEND_PT)
         if ax.get_legend() is not None:
-            ax.get_legend().remove()   # one metric: its name is in the title
+            ax.get_legend().remove()  # one metric: its name is in the title
 
 
 @contextlib.contextmanager
@@ -213,10 +257,14 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
     """The terminal summary: best trial, params, metric, convergence speed, runs, next steps."""
     s = result_summary
     trials = s["trials"]
-    counts = {state: sum(t["state"] == state for t in trials)
-              for state in ("completed", "stopped_by_asha", "failed", "interrupted")}
-    lines = [f"search {s['search_id']} (experiment {s['experiment']}, parent run {s['parent_run_id']})",
-             "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    counts = {
+        state: sum(t["state"] == state for t in trials)
+        for state in ("completed", "stopped_by_asha", "failed", "interrupted")
+    }
+    lines = [
+        f"search {s['search_id']} (experiment {s['experiment']}, parent run {s['parent_run_id']})",
+        "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+    ]
     best = s["best"]
     if best is None:
         lines.append(f"no trial reported {s['metric']}")
@@ -234,10 +282,13 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
         labels = {t["trial_id"]: t["label"] for t in trials}
         lines.append("Pareto front: " + ", ".join(str(labels.get(t, t)) for t in s["pareto"]))
     job_arg = job_path or "JOB"
-    lines += [f"MLflow: {tracker_uri}",
-              f"next: unitune ui {job_arg}    # browse the runs",
-              f"      unitune export {s['search_id']} --job {job_arg}    # best config -> final job"]
+    lines += [
+        f"MLflow: {tracker_uri}",
+        f"next: unitune ui {job_arg}    # browse the runs",
+        f"      unitune export {s['search_id']} --job {job_arg}    # best config -> final job",
+    ]
     return "\n".join(lines)
+
 
 def bound_warnings(summary: dict, space: SearchSpaceSpec, margin: float = 0.05) -> list[str]:
     """One line per numeric parameter whose best-trial value lies in the outer ``margin`` of
@@ -256,10 +307,13 @@ def bound_warnings(summary: dict, space: SearchSpaceSpec, margin: float = 0.05) 
             continue
         where = (v - low) / (high - low)
         if where <= margin:
-            out.append(f"best {name}={value:.4g} lies at the low end of its range [{param.low:g}, {param.high:g}]: "
-                       f"widen {name}'s low bound")
+            out.append(
+                f"best {name}={value:.4g} lies at the low end of its range [{param.low:g}, {param.high:g}]: "
+                f"widen {name}'s low bound"
+            )
         elif where >= 1 - margin:
-            out.append(f"best {name}={value:.4g} lies at the high end of its range [{param.low:g}, {param.high:g}]: "
-                       f"widen {name}'s high bound")
+            out.append(
+                f"best {name}={value:.4g} lies at the high end of its range [{param.low:g}, {param.high:g}]: "
+                f"widen {name}'s high bound"
+            )
     return out
-

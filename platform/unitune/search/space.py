@@ -53,8 +53,7 @@ class DefineByRun:
             elif param.type == "int":
                 sampled[name] = trial.suggest_int(name, param.low, param.high, log=param.log)
             else:
-                sampled[name] = trial.suggest_float(name, param.low, param.high,
-                                                    log=param.type == "loguniform")
+                sampled[name] = trial.suggest_float(name, param.low, param.high, log=param.type == "loguniform")
         return dict(self.fixed)
 
 
@@ -72,14 +71,17 @@ def make_sampler(spec: SearchSpaceSpec) -> optuna.samplers.TPESampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            multivariate=True, group=True, seed=spec.seed,
+            multivariate=True,
+            group=True,
+            seed=spec.seed,
             n_startup_trials=min(10, max(2, spec.num_trials // 3)),
             constant_liar=spec.max_concurrent > 1,
         )
 
 
-def make_searcher(spec: SearchSpaceSpec, *, study_name: str | None = None,
-                  storage: optuna.storages.BaseStorage | None = None):
+def make_searcher(
+    spec: SearchSpaceSpec, *, study_name: str | None = None, storage: optuna.storages.BaseStorage | None = None
+):
     """Ray Tune ``OptunaSearch`` over ``spec`` (a Pareto search when ``spec.objectives`` is set).
 
     With ``storage`` (an ``optuna.storages.RDBStorage``) the study lives in that database
@@ -89,8 +91,14 @@ def make_searcher(spec: SearchSpaceSpec, *, study_name: str | None = None,
     """
     metrics, modes = spec.objective_names()
     metric, mode = (metrics, modes) if spec.objectives else (metrics[0], modes[0])
-    return TaggedOptunaSearch(space=define_by_run(spec), metric=metric, mode=mode,
-                              sampler=make_sampler(spec), study_name=study_name, storage=storage)
+    return TaggedOptunaSearch(
+        space=define_by_run(spec),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(spec),
+        study_name=study_name,
+        storage=storage,
+    )
 
 
 class TaggedOptunaSearch(OptunaSearch):
@@ -127,7 +135,7 @@ class TaggedOptunaSearch(OptunaSearch):
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass   # the recorder reports each epoch with step = epoch
+        pass  # the recorder reports each epoch with step = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass   # the recorder tells the outcome (COMPLETE / PRUNED / FAIL)
+        pass  # the recorder tells the outcome (COMPLETE / PRUNED / FAIL)

@@ -65,8 +65,10 @@ def space_paths(job: JobSpec, spaces: list[str] | None) -> list[Path]:
     base = job.source.parent if job.source is not None else Path.cwd()
     paths = [p if p.is_absolute() else (base / p).resolve() for p in job.study.spaces]
     if not paths:
-        raise UserError(f"{_where(job)}study.spaces: no search-space file; list the families' spaces "
-                        "in the job's study: block or give --spaces FILE,FILE")
+        raise UserError(
+            f"{_where(job)}study.spaces: no search-space file; list the families' spaces "
+            "in the job's study: block or give --spaces FILE,FILE"
+        )
     return paths
 
 
@@ -94,18 +96,30 @@ def plan_study(job: JobSpec, spaces: list[str] | None = None, seeds: int | None 
     for family in families:
         space = family.space
         if space.metric != metric:
-            raise UserError(f"{family.path}: metric: {space.metric} differs from the study metric {metric} "
-                            f"(of {job.study.metric and 'study.metric' or first.path.name}); "
-                            "the families must be compared on one metric")
+            raise UserError(
+                f"{family.path}: metric: {space.metric} differs from the study metric {metric} "
+                f"(of {job.study.metric and 'study.metric' or first.path.name}); "
+                "the families must be compared on one metric"
+            )
         for key in BUDGET_KEYS:
             mine, theirs = getattr(space, key), getattr(first.space, key)
             if mine != theirs:
-                raise UserError(f"{family.path}: {key}: {_show(mine)} differs from {_show(theirs)} in "
-                                f"{first.path.name}; a study searches every family on the same budget")
+                raise UserError(
+                    f"{family.path}: {key}: {_show(mine)} differs from {_show(theirs)} in "
+                    f"{first.path.name}; a study searches every family on the same budget"
+                )
     _check_test_split(job)
     final_epochs = job.study.final_epochs or job.train.final_epochs
-    payload = json.dumps([job.model_dump(mode="json", exclude={"study"}), seeds, metric, final_epochs,
-                          [[f.name, f.space.model_dump(mode="json")] for f in families]], sort_keys=True)
+    payload = json.dumps(
+        [
+            job.model_dump(mode="json", exclude={"study"}),
+            seeds,
+            metric,
+            final_epochs,
+            [[f.name, f.space.model_dump(mode="json")] for f in families],
+        ],
+        sort_keys=True,
+    )
     key = hashlib.sha1(payload.encode()).hexdigest()[:8]
     return StudyPlan(job, families, seeds, metric, METRICS[metric], first.space.target, final_epochs, key)
 
@@ -131,5 +145,7 @@ def _check_test_split(job: JobSpec) -> None:
     try:
         build_dataset(job.data, "test", train=False)
     except UserError as exc:
-        raise UserError(f"{_where(job)}data.splits.test: the study evaluates its final runs on the test "
-                        f"split ({job.data.splits.test!r}), which this job lacks: {str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"{_where(job)}data.splits.test: the study evaluates its final runs on the test "
+            f"split ({job.data.splits.test!r}), which this job lacks: {str(exc).splitlines()[0]}"
+        ) from None

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import yaml
 
 from unitune import cluster, export
+from unitune import tags as T
 from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.search.driver import run_search
 from unitune.search.report import bound_warnings
-from unitune import tags as T
 from unitune.study.plan import Family, StudyPlan
 from unitune.tracking import Tracker
 from unitune.train.run import train
@@ -50,7 +50,7 @@ class SearchOutcome:
     params: dict
     trial_epochs: int
     wall_s: float
-    at_bounds: list[str] = field(default_factory=list)   # best values at the edge of their range
+    at_bounds: list[str] = field(default_factory=list)  # best values at the edge of their range
 
 
 @dataclass
@@ -58,8 +58,8 @@ class FinalRun:
     family: str
     seed: int
     run_id: str
-    metrics: dict                         # the run's last value of every metric (test_* included)
-    curve: list[dict] = field(default_factory=list)   # [{"epoch", metric, "train_time_s"}], epoch 0 first
+    metrics: dict  # the run's last value of every metric (test_* included)
+    curve: list[dict] = field(default_factory=list)  # [{"epoch", metric, "train_time_s"}], epoch 0 first
 
 
 @dataclass
@@ -89,17 +89,28 @@ def _find_study(tracker: Tracker, experiment: str, base_id: str, resume: bool) -
         k += 1
     if resume:
         if unfinished is None:
-            raise UserError(f"--resume: no interrupted study of experiment {experiment!r} with this job, "
-                            f"spaces and seeds (study id {base_id}) in {tracker.uri}; run without --resume")
+            raise UserError(
+                f"--resume: no interrupted study of experiment {experiment!r} with this job, "
+                f"spaces and seeds (study id {base_id}) in {tracker.uri}; run without --resume"
+            )
         return unfinished
     if unfinished is not None:
-        print(f"unitune: study {unfinished[0]} did not finish; `--resume` continues it. "
-              f"Starting a new study {study_id}.", file=sys.stderr)
+        print(
+            f"unitune: study {unfinished[0]} did not finish; `--resume` continues it. Starting a new study {study_id}.",
+            file=sys.stderr,
+        )
     return study_id, None
 
 
-def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = None,
-              verbose: bool = True, command: str | None = None, out=print) -> StudyResult:
+def run_study(
+    plan: StudyPlan,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: bool = True,
+    command: str | None = None,
+    out=print,
+) -> StudyResult:
     """Run (or resume) the study of ``plan``; write its report to the study run.
 
     ``command``: the command line, quoted in the report.
@@ -120,15 +131,32 @@ def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = No
     started_ray = cluster.init_ray(address)
     started = time.monotonic()
     if run_id is None:
-        run_id = tracker.start_run(experiment, study_id, tags={
-            T.ROLE: "study", T.STUDY: study_id, T.STATE: "running",
-            "unitune.job_file": str(job.source or ""), "unitune.reference_family": plan.reference.name,
-            "mlflow.note.content": f"unitune study {study_id}: filter the runs with tags.`{T.STUDY}` = '{study_id}'",
-        })
-        tracker.log_params(run_id, {"families": ",".join(f.name for f in plan.families), "seeds": plan.seeds,
-                                    "metric": plan.metric, "mode": plan.mode, "target": plan.target,
-                                    "final_epochs": plan.final_epochs,
-                                    **{f"space.{f.name}": str(f.path) for f in plan.families}})
+        run_id = tracker.start_run(
+            experiment,
+            study_id,
+            tags={
+                T.ROLE: "study",
+                T.STUDY: study_id,
+                T.STATE: "running",
+                "unitune.job_file": str(job.source or ""),
+                "unitune.reference_family": plan.reference.name,
+                "mlflow.note.content": (
+                    f"unitune study {study_id}: filter the runs with tags.`{T.STUDY}` = '{study_id}'"
+                ),
+            },
+        )
+        tracker.log_params(
+            run_id,
+            {
+                "families": ",".join(f.name for f in plan.families),
+                "seeds": plan.seeds,
+                "metric": plan.metric,
+                "mode": plan.mode,
+                "target": plan.target,
+                "final_epochs": plan.final_epochs,
+                **{f"space.{f.name}": str(f.path) for f in plan.families},
+            },
+        )
     else:
         print(f"unitune: resuming study {study_id}", file=sys.stderr)
         tracker.reopen_run(run_id)
@@ -156,8 +184,16 @@ def run_study(plan: StudyPlan, *, resume: bool = False, address: str | None = No
             cluster.shutdown_ray()
 
 
-def _search(tracker: Tracker, plan: StudyPlan, family: Family, study_id: str, address: str | None,
-            resume: bool, verbose: bool, out) -> SearchOutcome:
+def _search(
+    tracker: Tracker,
+    plan: StudyPlan,
+    family: Family,
+    study_id: str,
+    address: str | None,
+    resume: bool,
+    verbose: bool,
+    out,
+) -> SearchOutcome:
     """The family's finished search (found by its tags), else run (or continue) it."""
     job = plan.job
     tags = {T.ROLE: "search", T.STUDY: study_id, T.FAMILY: family.name, T.STATE: "completed"}
@@ -177,9 +213,11 @@ def _search(tracker: Tracker, plan: StudyPlan, family: Family, study_id: str, ad
             result = run_search(job, family.space, address=address, verbose=verbose)
         parent_id = result.parent_run_id
         tracker.set_tags(parent_id, {T.STUDY: study_id, T.FAMILY: family.name})
-        if result.interrupted:   # Ctrl-C / SIGTERM inside the search: the study stops, resumable
-            print("unitune: study interrupted; continue it with  unitune study JOB [same options] --resume",
-                  file=sys.stderr)
+        if result.interrupted:  # Ctrl-C / SIGTERM inside the search: the study stops, resumable
+            print(
+                "unitune: study interrupted; continue it with  unitune study JOB [same options] --resume",
+                file=sys.stderr,
+            )
             raise KeyboardInterrupt
     return _outcome(tracker, plan, family, parent_id)
 
@@ -195,9 +233,18 @@ def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) 
     trial_epochs = sum(int(r.data.tags.get("unitune.epochs_run", 0) or 0) for r in children)
     info = parent.info
     wall = ((info.end_time or info.start_time) - info.start_time) / 1000.0
-    return SearchOutcome(family.name, search_id, parent_id, best.trial_id, best.run_id,
-                         best.values[plan.metric], best.params, trial_epochs, wall,
-                         bound_warnings({"best": {"params": best.params}}, family.space))
+    return SearchOutcome(
+        family.name,
+        search_id,
+        parent_id,
+        best.trial_id,
+        best.run_id,
+        best.values[plan.metric],
+        best.params,
+        trial_epochs,
+        wall,
+        bound_warnings({"best": {"params": best.params}}, family.space),
+    )
 
 
 def final_job(tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, seed: int) -> JobSpec:
@@ -207,14 +254,20 @@ def final_job(tracker: Tracker, plan: StudyPlan, family: Family, search: SearchO
         raise UserError(f"search {search.search_id}: parent run {search.parent_run_id} has no {T.BASE_JOB_ARTIFACT}")
     trial = export.Trial(search.best_trial, search.best_run_id, "completed", search.params, {})
     exported = export.final_job(yaml.safe_load(base), trial)
-    return apply_overrides(exported, {
-        "seed": seed, "train.epochs": plan.final_epochs,
-        "name": f"{plan.job.name}-{family.name}-seed{seed}", "tracking.experiment": plan.job.experiment,
-    })
+    return apply_overrides(
+        exported,
+        {
+            "seed": seed,
+            "train.epochs": plan.final_epochs,
+            "name": f"{plan.job.name}-{family.name}-seed{seed}",
+            "tracking.experiment": plan.job.experiment,
+        },
+    )
 
 
-def _final_runs(tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, study_id: str,
-                out) -> list[FinalRun]:
+def _final_runs(
+    tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, study_id: str, out
+) -> list[FinalRun]:
     runs = []
     for seed in range(plan.seeds):
         tags = {T.ROLE: "final", T.STUDY: study_id, T.FAMILY: family.name, T.SEED: seed}
@@ -223,18 +276,23 @@ def _final_runs(tracker: Tracker, plan: StudyPlan, family: Family, search: Searc
             run_id = found[0].info.run_id
             out(f"study {study_id}: {family.name} seed {seed} done already (run {run_id})")
         else:
-            out(f"study {study_id}: training {family.name} seed {seed} for {plan.final_epochs} epochs "
-                f"(best trial {search.best_trial} of {search.search_id})")
+            out(
+                f"study {study_id}: training {family.name} seed {seed} for {plan.final_epochs} epochs "
+                f"(best trial {search.best_trial} of {search.search_id})"
+            )
             result = train(final_job(tracker, plan, family, search, seed))
             run_id = result["run_id"]
             tracker.set_tags(run_id, tags)
-        runs.append(FinalRun(family.name, seed, run_id, tracker.get_metrics(run_id),
-                             read_curve(tracker, run_id, plan.metric)))
+        runs.append(
+            FinalRun(family.name, seed, run_id, tracker.get_metrics(run_id), read_curve(tracker, run_id, plan.metric))
+        )
     return runs
 
 
 def read_curve(tracker: Tracker, run_id: str, metric: str) -> list[dict]:
     """``[{"epoch": e, metric: v, "train_time_s": t}, ...]`` of a run, epoch 0 included."""
     times = dict(tracker.metric_history(run_id, TIME_KEY))
-    return [{"epoch": step, metric: value, TIME_KEY: times.get(step, 0.0 if step == 0 else float("nan"))}
-            for step, value in tracker.metric_history(run_id, metric)]
+    return [
+        {"epoch": step, metric: value, TIME_KEY: times.get(step, 0.0 if step == 0 else float("nan"))}
+        for step, value in tracker.metric_history(run_id, metric)
+    ]

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
-SAME = 1e-9   # values closer than this (relative to their size, at least 1) are equal
+SAME = 1e-9  # values closer than this (relative to their size, at least 1) are equal
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,7 @@ def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interva
     return Interval(n, mean, std, mean - half, mean + half)
 
 
-def paired_difference(a: Mapping[int, float], b: Mapping[int, float],
-                      confidence: float = CONFIDENCE) -> Interval:
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], confidence: float = CONFIDENCE) -> Interval:
     """The t interval of the mean of ``a[s] − b[s]`` over the seeds ``s`` both have.
 
     Raises:
@@ -146,8 +145,7 @@ def signed(value: float, digits: int = 1) -> str:
     return ("+" if value > 0 else "\u2212") + text
 
 
-def verdict(name: str, reference: str, diff: Interval, metric: str, mode: str = "max",
-            digits: int = 1) -> str:
+def verdict(name: str, reference: str, diff: Interval, metric: str, mode: str = "max", digits: int = 1) -> str:
     """One line for the comparison ``name − reference`` that never overstates, e.g.
     ``unified − vlc: +3.1 RSUM, 95% CI −0.4 to +6.6 over 3 seeds: not resolved``.
 

@@ -6,7 +6,7 @@ Plain PyTorch, no Ray: ``worker.py`` wraps these for Ray Train and for one proce
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,9 +34,14 @@ class ContrastiveStep(nn.Module):
         self.scale = scale
 
     def forward(
-        self, visual: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None, *, visual_prefix: torch.Tensor | None = None,
-        video_prefix: torch.Tensor | None = None, text_prefix: dict | None = None,
+        self,
+        visual: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        visual_prefix: torch.Tensor | None = None,
+        video_prefix: torch.Tensor | None = None,
+        text_prefix: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> ([B,D], [B,D], gamma or None).
 
@@ -46,7 +51,8 @@ class ContrastiveStep(nn.Module):
         """
         if visual_prefix is not None or video_prefix is not None:
             v = self.encoder.encode_visual_prefix(
-                video_prefix if video_prefix is not None else visual_prefix, video=video_prefix is not None)
+                video_prefix if video_prefix is not None else visual_prefix, video=video_prefix is not None
+            )
         else:
             v = self.encoder.encode_visual(visual)
         if text_prefix is not None:
@@ -58,8 +64,9 @@ class ContrastiveStep(nn.Module):
 
 def to_device(batch: dict, device: torch.device) -> dict:
     """Every tensor of a (nested) batch dict on ``device``."""
-    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
-            for k, v in batch.items()}
+    return {
+        k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True) for k, v in batch.items()
+    }
 
 
 def autocast(device: torch.device, precision: str):
@@ -113,8 +120,9 @@ def train_one_epoch(
         ValueError: the loader yields no batch.
     """
     model.train()
-    mining = MiningSchedule(loss_cfg.mining, loss_cfg.warmup_epochs,
-                            getattr(loss_cfg, "warmup_mining", "all")).at(epoch)
+    mining = MiningSchedule(loss_cfg.mining, loss_cfg.warmup_epochs, getattr(loss_cfg, "warmup_mining", "all")).at(
+        epoch
+    )
     # Sums stay on the device; .tolist() at the end is the only read-back of them.
     sums = torch.zeros(4, device=device)
     steps = samples = 0
@@ -131,12 +139,20 @@ def train_one_epoch(
         v, t, ids = gather_batch(v.float(), t.float(), ids)
         sim = v @ t.T
         if not torch.isfinite(sim).all():
-            raise NonFiniteLossError(f"similarities became NaN/inf at epoch {epoch}, step {steps + 1}: the "
-                                     "model diverged; lower optim.lr or loss.gamma")
+            raise NonFiniteLossError(
+                f"similarities became NaN/inf at epoch {epoch}, step {steps + 1}: the "
+                "model diverged; lower optim.lr or loss.gamma"
+            )
         gamma = learned if learned is not None else loss_cfg.gamma
         out = scheduled_loss(
-            sim, mining, margin=loss_cfg.margin, gamma=gamma, topk=loss_cfg.topk,
-            row_ids=ids, col_ids=ids, scale_by_gamma=loss_cfg.scale_by_gamma,
+            sim,
+            mining,
+            margin=loss_cfg.margin,
+            gamma=gamma,
+            topk=loss_cfg.topk,
+            row_ids=ids,
+            col_ids=ids,
+            scale_by_gamma=loss_cfg.scale_by_gamma,
         )
 
         optimizer.zero_grad(set_to_none=True)
@@ -171,8 +187,9 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def embed_dataset(model: nn.Module, dataset, *, batch_size: int, device: torch.device,
-                  precision: str = "auto", cached=None) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_dataset(
+    model: nn.Module, dataset, *, batch_size: int, device: torch.device, precision: str = "auto", cached=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed every item and every caption of a split.
 
     Args:
@@ -204,15 +221,23 @@ def embed_dataset(model: nn.Module, dataset, *, batch_size: int, device: torch.d
             with autocast(device, precision):
                 text.append(model.encode_text_prefix(prefix).float().cpu())
             continue
-        tokens = model.tokenize(dataset.captions[start:start + batch_size])
+        tokens = model.tokenize(dataset.captions[start : start + batch_size])
         with autocast(device, precision):
-            text.append(model.encode_text(tokens["input_ids"].to(device),
-                                          tokens["attention_mask"].to(device)).float().cpu())
+            text.append(
+                model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float().cpu()
+            )
     return torch.cat(visual), torch.cat(text)
 
 
-def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device | None = None,
-             precision: str = "auto", cached=None) -> dict:
+def evaluate(
+    model: nn.Module,
+    dataset,
+    *,
+    batch_size: int,
+    device: torch.device | None = None,
+    precision: str = "auto",
+    cached=None,
+) -> dict:
     """Retrieval metrics of ``model`` on a split: R@1/5/10 both ways, RSUM, MdR, MnR.
 
     Args:
@@ -223,6 +248,7 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
         ``unitune.eval.retrieval_metrics`` of the item-caption cosine similarities.
     """
     device = device or next(model.parameters()).device
-    visual, text = embed_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision,
-                                 cached=cached)
+    visual, text = embed_dataset(
+        model, dataset, batch_size=batch_size, device=device, precision=precision, cached=cached
+    )
     return retrieval_metrics_from_embeddings(visual, text, dataset.caption_to_item, dataset.item_groups)

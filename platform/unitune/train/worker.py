@@ -19,8 +19,8 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -104,9 +104,19 @@ def run_training(
     use_cuda = job.resources.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
     resume = load_checkpoint(resume_from) if resume_from is not None else None
-    return _fit(job, rank=0, world_size=1, device=device, report=report, resume=resume,
-                checkpoint_dir=checkpoint_dir, evaluate_test=evaluate_test, save_final_model=save_final_model,
-                report_epoch_0=report_epoch_0, on_step=on_step)
+    return _fit(
+        job,
+        rank=0,
+        world_size=1,
+        device=device,
+        report=report,
+        resume=resume,
+        checkpoint_dir=checkpoint_dir,
+        evaluate_test=evaluate_test,
+        save_final_model=save_final_model,
+        report_epoch_0=report_epoch_0,
+        on_step=on_step,
+    )
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -164,7 +174,8 @@ def enable_gradient_checkpointing(encoder: torch.nn.Module, model_name: str) -> 
             continue
         # transformers 5 renamed the method; the old name warns and goes away in v6.
         enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
-            module, "gradient_checkpointing_enable", None)
+            module, "gradient_checkpointing_enable", None
+        )
         if enable is not None:
             enable()
             switched += 1
@@ -233,20 +244,27 @@ def _fit(
         enable_gradient_checkpointing(encoder, job.model.name)
     scale = LearnableScale(job.loss.gamma, job.loss.max_gamma) if job.loss.learnable_gamma else None
 
-    sampler = DistributedSampler(train_data, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=job.seed, drop_last=True)
+    sampler = DistributedSampler(
+        train_data, num_replicas=world_size, rank=rank, shuffle=True, seed=job.seed, drop_last=True
+    )
     # drop_last: every worker needs the same local batch size for the gather, and a tiny
     # last batch would have too few negatives to be worth a step.
     loader = DataLoader(
-        train_data, batch_size=job.train.batch_size // world_size, sampler=sampler, drop_last=True,
-        collate_fn=collate, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        train_data,
+        batch_size=job.train.batch_size // world_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
     )
     # On the device before the optimiser exists, so that its loaded state lands there too.
     step_module = ContrastiveStep(encoder, scale).to(device)
     optimizer = build_optimizer(encoder, job.optim, scale)
-    scheduler = build_scheduler(optimizer, warmup_epochs=job.optim.warmup_epochs,
-                                epochs=job.train.epochs, steps_per_epoch=len(loader))
+    scheduler = build_scheduler(
+        optimizer, warmup_epochs=job.optim.warmup_epochs, epochs=job.train.epochs, steps_per_epoch=len(loader)
+    )
     frozen_sha256 = encoder.frozen_digest()
     start_epoch, train_time = 0, 0.0
     if resume is not None:
@@ -260,8 +278,14 @@ def _fit(
         val_cached = cache.load(encoder, val_set, device=device) if cache is not None else None
 
     def validate() -> dict:
-        return evaluate(encoder, val_set, batch_size=job.train.eval_batch_size, device=device,
-                        precision=job.train.precision, cached=val_cached)
+        return evaluate(
+            encoder,
+            val_set,
+            batch_size=job.train.eval_batch_size,
+            device=device,
+            precision=job.train.precision,
+            cached=val_cached,
+        )
 
     metrics: dict = {}
     if start_epoch == 0 and report_epoch_0:
@@ -279,9 +303,18 @@ def _fit(
         _seed_epoch(job.seed, epoch, rank)
         sampler.set_epoch(epoch)
         started = time.perf_counter()
-        stats = train_one_epoch(step_module, loader, optimizer, scheduler, job.loss, epoch, device=device,
-                                grad_clip=job.optim.grad_clip, precision=job.train.precision,
-                                on_step=on_step)
+        stats = train_one_epoch(
+            step_module,
+            loader,
+            optimizer,
+            scheduler,
+            job.loss,
+            epoch,
+            device=device,
+            grad_clip=job.optim.grad_clip,
+            precision=job.train.precision,
+            on_step=on_step,
+        )
         seconds = time.perf_counter() - started
         train_time += seconds
         last = epoch == job.train.epochs
@@ -293,11 +326,16 @@ def _fit(
         if rank == 0 and (epoch % job.train.eval_every == 0 or last):
             metrics.update(validate())
         if rank == 0 and last and evaluate_test:
-            test_set = build_dataset(job.data, "test",
-                                     transform=encoder.image_transform(train=False), train=False)
+            test_set = build_dataset(job.data, "test", transform=encoder.image_transform(train=False), train=False)
             test_cached = cache.load(encoder, test_set, device=device) if cache is not None else None
-            test = evaluate(encoder, test_set, batch_size=job.train.eval_batch_size,
-                            device=device, precision=job.train.precision, cached=test_cached)
+            test = evaluate(
+                encoder,
+                test_set,
+                batch_size=job.train.eval_batch_size,
+                device=device,
+                precision=job.train.precision,
+                cached=test_cached,
+            )
             metrics.update({f"test_{key}": value for key, value in test.items()})
         metrics["epoch_time_s"] = time.perf_counter() - started
         state = {
@@ -320,8 +358,10 @@ def _load_state(resume: dict, encoder, scale, optimizer, scheduler, frozen_sha25
     if "trainable" not in resume:
         raise UserError("checkpoint: written by an older unitune (whole model state); start the run again")
     if resume["frozen_sha256"] != frozen_sha256:
-        raise UserError("checkpoint: the job's frozen weights differ from those it was trained on "
-                        "(model sources or seed changed); start the run again")
+        raise UserError(
+            "checkpoint: the job's frozen weights differ from those it was trained on "
+            "(model sources or seed changed); start the run again"
+        )
     try:
         encoder.load_trainable_state(resume["trainable"])
     except ValueError as exc:
@@ -332,8 +372,9 @@ def _load_state(resume: dict, encoder, scale, optimizer, scheduler, frozen_sha25
     scheduler.load_state_dict(resume["scheduler"])
 
 
-def _checkpoint_and_report(report: Report, metrics: dict, state: dict, final_model, rank: int,
-                           checkpoint_dir: str | os.PathLike | None) -> None:
+def _checkpoint_and_report(
+    report: Report, metrics: dict, state: dict, final_model, rank: int, checkpoint_dir: str | os.PathLike | None
+) -> None:
     """Rank 0 writes the checkpoint (and, after the last epoch, the model); all ranks report."""
     if rank != 0:
         report(metrics, None)
