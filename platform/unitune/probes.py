@@ -118,10 +118,50 @@ def bounded_http(retries: int = CHECK_RETRIES, timeout_s: int = CHECK_TIMEOUT_S)
                 os.environ[key] = value
 
 
+# MLflow's HTTP retries for a search's calls to a tracking server (the driver's record writes,
+# the trials' look-ups), so a server restart is waited out: MLflow's own settings, set where a
+# search starts unless the environment sets them. urllib3 pauses 0, 4, 8, 16, 32 and 64 s
+# (backoff factor 2, plus up to 1 s of jitter each) between the 7 tries of a request: a server
+# that refuses connections fails a call after 124-130 s; one that accepts and does not answer
+# also waits up to 30 s per try. MLflow's defaults (7 retries, 120 s timeout) wait ~4 min and
+# up to 14 min more for a silent server.
+SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_server_retries() -> dict[str, str]:
+    """Set :data:`SERVER_RETRIES` in this process's environment where it is unset; returns
+    the settings in force (for processes started elsewhere, e.g. trials on other nodes)."""
+    for key, value in SERVER_RETRIES.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in SERVER_RETRIES}
+
+
+# sqlite lets one writer in at a time; MLflow waits 20 s for the lock (its busy_timeout), the
+# Optuna storage SQLITE_WAIT_S (unitune.search.storage). Longer means too many writers.
+SQLITE_LOCKED = "database is locked"
+SQLITE_LOCKED_HINT = ("the sqlite database stayed locked by another writer for longer than its wait (several "
+                      "searches or processes writing one sqlite store); for concurrent searches run an MLflow "
+                      "server on PostgreSQL (docs/cluster.md) and set tracking.uri to its http:// URL")
+
+
+def sqlite_locked(exc: BaseException) -> bool:
+    """True when ``exc`` (or an error it was raised from) is sqlite's "database is locked"."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if SQLITE_LOCKED in str(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def first_line(exc: BaseException) -> str:
     """What went wrong with a store request, masked and on part of one line: a plain reason
     for a refused or silent server, else the first line of the error's text."""
     text = str(exc)
+    if SQLITE_LOCKED in text:
+        return SQLITE_LOCKED_HINT
     if "NewConnectionError" in text or "Connection refused" in text:
         return "cannot connect (connection refused or host unreachable; is the server running?)"
     if "NameResolutionError" in text or "Name or service not known" in text:

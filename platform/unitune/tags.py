@@ -22,6 +22,7 @@ EPOCHS_RUN = "unitune.epochs_run"
 OPTUNA_TRIAL = "unitune.optuna_trial"     # the Optuna trial number of a child run
 SEARCH_KEY = "unitune.search_key"         # hash of the job and the space (what --resume matches)
 PREVIOUS_TRIAL_IDS = "unitune.previous_trial_ids"  # a trial continued under a new Tune id
+RAY_NODES = "unitune.ray_nodes"           # the Ray node ids a trial ran on, in order, comma-separated
 STUDY = "unitune.study_id"                # a study's runs: its study run, searches and final runs
 FAMILY = "unitune.family"
 SEED = "unitune.seed"

@@ -44,8 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
     space_arg = ["--space", args.space] if args.space else []
     again = "unitune search " + shlex.join([args.job, *space_arg, *args.overrides, "--resume"])
-    result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
-                        verbose=not args.quiet, resume=args.resume, resume_hint=again)
+    try:
+        result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
+                            verbose=not args.quiet, resume=args.resume, resume_hint=again)
+    except Exception as exc:
+        from unitune.probes import SQLITE_LOCKED_HINT, sqlite_locked
+
+        if not sqlite_locked(exc):
+            raise
+        raise UserError(f"tracking.uri {redact(job.tracking.uri)}: {SQLITE_LOCKED_HINT}") from None
     print(redact(format_summary(result.summary, job.tracking.uri, args.job)))
     for warning in bound_warnings(result.summary, space):
         print(f"unitune: warning: {warning}", file=sys.stderr)

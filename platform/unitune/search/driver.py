@@ -32,10 +32,10 @@ from urllib.parse import urlparse
 import optuna
 import yaml
 
-from unitune import cluster, terminal
+from unitune import cluster, probes, terminal
 from unitune import tags as T
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
-from unitune.errors import UserError
+from unitune.errors import UserError, mask_uri
 from unitune.locks import file_lock
 from unitune.search.interrupt import Interrupt
 from unitune.search.live import DriverCallback
@@ -100,6 +100,7 @@ def init_ray(address: str | None) -> bool:
     # Every trial checkpoint forces a snapshot of the experiment state (num_to_keep=1): that
     # keeps a resume exact; Tune would warn about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    probes.bound_server_retries()   # a tracking server's restart is waited out (see unitune.probes)
     return cluster.init_ray(address)
 
 
@@ -260,7 +261,8 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
                        parent_run_id=parent, objectives=list(zip(metrics, modes)),
                        target=space.target, storage_path=storage_path, train_fn=train_fn,
                        on_step=steps.reporter if steps is not None else None,
-                       env={k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")})
+                       env={**{k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")},
+                            **probes.bound_server_retries()})
     study = optuna.load_study(study_name=search_id, storage=storage)
     recorder = Recorder(setup, study, list(space.params))
     driver_cb = DriverCallback(recorder, space, verbose=verbose, steps=steps)
@@ -317,7 +319,7 @@ def _start_parent(tracker: Tracker, job: JobSpec, space: SearchSpaceSpec, base: 
     parent = tracker.start_run(job.experiment, search_id, tags={
         T.SEARCH: search_id, T.ROLE: "search", T.STATE: "running", T.SEARCH_KEY: key,
         "unitune.job_file": str(job.source or ""), "unitune.space_file": str(space.source or ""),
-        "unitune.optuna_storage": storage.url, "unitune.optuna_study": search_id,
+        "unitune.optuna_storage": mask_uri(storage.url), "unitune.optuna_study": search_id,
     })
     metrics, modes = space.objective_names()
     tracker.log_params(parent, {"metric": space.metric, "mode": space.mode, "num_trials": space.num_trials,

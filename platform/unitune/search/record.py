@@ -7,6 +7,7 @@ trial's record. It
 - creates or finds the child run when a trial starts (by trial id; a trial continued under
   a new Tune id after a killed driver is found by its Optuna trial number), reopens an
   interrupted one, and logs the sampled values once;
+- tags the run with the Ray nodes it ran on (``unitune.ray_nodes``, in order);
 - logs each epoch Tune received exactly once (epochs already in MLflow, e.g. recomputed
   after a restart from an older checkpoint, are skipped), and reports it to the Optuna
   study as an intermediate value with ``step = epoch``;
@@ -27,7 +28,7 @@ import optuna
 
 from unitune import tags as T
 from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
-from unitune.search.trial import EPOCH_KEY, FAILED_KEY, TrialSetup, progress, read_curve
+from unitune.search.trial import EPOCH_KEY, FAILED_KEY, NODE_KEY, TrialSetup, progress, read_curve
 
 _TUNE_KEYS = {"training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip",
               "hostname", "pid", "time_this_iter_s", "timestamp", "date", "time_since_restore",
@@ -63,6 +64,7 @@ class _Open:
     number: int
     state: str | None
     logged: set[int] = field(default_factory=set)
+    nodes: list[str] = field(default_factory=list)
 
 
 class Recorder:
@@ -142,7 +144,8 @@ class Recorder:
         if config:
             tracker.log_params(run_id, config)
         logged = {int(step) for step, _ in tracker.metric_history(run_id, EPOCH_KEY)}
-        self.runs[trial_id] = _Open(run_id, number, state, logged)
+        nodes = tracker.run_tags(run_id).get(T.RAY_NODES, "")
+        self.runs[trial_id] = _Open(run_id, number, state, logged, nodes.split(",") if nodes else [])
         return run_id
 
     def _open(self, trial_id: str, config: dict) -> _Open:
@@ -155,6 +158,10 @@ class Recorder:
         rec = self._open(trial_id, config)
         if rec.state != "running" or FAILED_KEY in result or EPOCH_KEY not in result:
             return
+        node = result.get(NODE_KEY)
+        if node and rec.nodes[-1:] != [node]:   # where it runs: a retry after a lost node moves it
+            rec.nodes.append(node)
+            self.setup.tracker.set_tags(rec.run_id, {T.RAY_NODES: ",".join(rec.nodes)})
         epoch = int(result[EPOCH_KEY])
         if epoch in rec.logged:
             return

@@ -1,5 +1,6 @@
 """Where a search keeps its state: Ray Tune's (what ``--resume`` continues from) and the
-Optuna study's (``optuna.db`` beside a local MLflow store).
+Optuna study's (``optuna.db`` beside a local MLflow store, or the database named by
+``UNITUNE_OPTUNA_STORAGE``).
 
 ``search.storage`` unset: ``.unitune/tune`` in the working directory. Set: a path (on the
 cluster's shared filesystem for a submitted search) or a URI that Ray Tune's storage layer
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
     import optuna
 
 DEFAULT_TUNE_DIR = ".unitune/tune"
+# The Optuna studies' database on a server set-up (a SQLAlchemy URL, e.g.
+# postgresql+psycopg://user:pw@db:5432/optuna): one storage for every driver, so the search
+# ids it allocates are unique across machines. `unitune submit` forwards it (UNITUNE_*).
+OPTUNA_STORAGE_ENV = "UNITUNE_OPTUNA_STORAGE"
+# How long an Optuna write waits for another writer of the same sqlite file (two searches
+# of one directory); pysqlite's default is 5 s.
+SQLITE_WAIT_S = 60
 
 
 def tune_storage(storage: str | None) -> str:
@@ -70,7 +78,11 @@ def check_tune_storage(storage: str | None) -> None:
 
 
 def optuna_storage_url(tracking_uri: str) -> str:
-    """``sqlite:///<dir>/optuna.db`` beside a sqlite/file MLflow store, else in the cwd."""
+    """The ``UNITUNE_OPTUNA_STORAGE`` database URL when set (a server set-up: the MLflow
+    server's PostgreSQL, see docs/cluster.md), else ``sqlite:///<dir>/optuna.db`` beside a
+    sqlite/file MLflow store, else in the cwd."""
+    if os.environ.get(OPTUNA_STORAGE_ENV):
+        return os.environ[OPTUNA_STORAGE_ENV]
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
         return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.db")
@@ -84,8 +96,9 @@ def open_storage(tracker: Tracker) -> optuna.storages.RDBStorage:
     import optuna
 
     url = optuna_storage_url(tracker.uri)
+    engine = {"connect_args": {"timeout": SQLITE_WAIT_S}} if url.startswith("sqlite:") else None
     lock = sqlite_lock(url)
     if lock is None:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     with file_lock(lock):
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)

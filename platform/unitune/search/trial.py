@@ -39,6 +39,7 @@ from unitune.tracking import Tracker, numeric
 TIME_KEY = "train_time_s"
 EPOCH_KEY = "epoch"
 FAILED_KEY = "unitune_error"           # a trial's last report when the job itself failed
+NODE_KEY = "ray_node_id"               # the Ray node a one-worker trial's report comes from
 
 
 @dataclass
@@ -139,6 +140,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 
 def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> None:
+    import ray
     from ray import tune
 
     if setup.train_fn is None:
@@ -147,12 +149,14 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> Non
         train_fn = setup.train_fn
     checkpoint = tune.get_checkpoint()
 
+    node = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         values = numeric(metrics)
         epoch = int(values[EPOCH_KEY])
         curve[:] = [r for r in curve if r["epoch"] < epoch] + [values]
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({**values, **progress(setup, curve)}, checkpoint=ckpt)
+        tune.report({**values, **progress(setup, curve), NODE_KEY: node}, checkpoint=ckpt)
 
     # A trial's checkpoint holds what its resume needs: the trainable state, not the model.
     kwargs = {"save_final_model": False, "on_step": setup.on_step} if setup.train_fn is None else {}
