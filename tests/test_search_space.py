@@ -167,3 +167,12 @@ def test_bound_warnings_for_values_at_the_edges_of_their_range():
     assert bound_warnings({"best": None}, space) == []
     best["params"]["loss.gamma"] = 11.0   # 6%: inside
     assert len(bound_warnings({"best": best}, space)) == 1
+    # a low bound of 0 is the parameter's limit (no negative margin or warm-up): never "widen"
+    best["params"]["loss.margin"] = 0.01
+    assert len(bound_warnings({"best": best}, space)) == 1
+    warmup = SearchSpaceSpec.model_validate({
+        "metric": "rsum", "mode": "max", "num_trials": 4,
+        "params": {"loss.warmup_epochs": {"type": "int", "low": 0, "high": 2}}})
+    assert bound_warnings({"best": {"params": {"loss.warmup_epochs": 0}}}, warmup) == []
+    assert bound_warnings({"best": {"params": {"loss.warmup_epochs": 2}}}, warmup) == [
+        "best loss.warmup_epochs=2 lies at the high end of its range [0, 2]: widen loss.warmup_epochs's high bound"]

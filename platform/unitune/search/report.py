@@ -292,7 +292,10 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
 
 def bound_warnings(summary: dict, space: SearchSpaceSpec, margin: float = 0.05) -> list[str]:
     """One line per numeric parameter whose best-trial value lies in the outer ``margin`` of
-    its range (in log space for log-scaled ones): the optimum may lie beyond the bound."""
+    its range (in log space for log-scaled ones): the optimum may lie beyond the bound.
+
+    A low bound of 0 is taken as the parameter's natural limit (a margin, warm-up epochs,
+    a weight decay cannot go below it): a best value near it asks for no widening."""
     best = summary.get("best")
     if best is None:
         return []
@@ -306,7 +309,7 @@ def bound_warnings(summary: dict, space: SearchSpaceSpec, margin: float = 0.05) 
         if high <= low:
             continue
         where = (v - low) / (high - low)
-        if where <= margin:
+        if where <= margin and not (param.low == 0 and not log):
             out.append(
                 f"best {name}={value:.4g} lies at the low end of its range [{param.low:g}, {param.high:g}]: "
                 f"widen {name}'s low bound"
