@@ -153,3 +153,12 @@ def test_optuna_study_holds_the_same_trials(search):
         else:
             assert last == space.asha.max_epochs
     assert study.metric_names == ["rsum"]
+
+
+def test_finished_trials_leave_no_checkpoint_behind(search):
+    """A trial's checkpoint serves only its resume: once its record is closed it is deleted."""
+    result, tracker, space, root = search
+    tune_dir = root / ".unitune" / "tune"
+    trial_dirs = {p.parent for p in tune_dir.rglob("params.json")}
+    assert len(trial_dirs) == space.num_trials
+    assert [p for p in tune_dir.rglob("checkpoint_*") if p.is_dir()] == []

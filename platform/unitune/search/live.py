@@ -22,6 +22,7 @@ from ray.tune import Callback
 
 from unitune.config import SearchSpaceSpec
 from unitune.search.record import Recorder, trial_label
+from unitune.search.cleanup import drop_checkpoints
 from unitune.search.trial import FAILED_KEY, error_message
 from unitune.terminal import duration, num
 
@@ -118,6 +119,7 @@ class DriverCallback(Callback):
         else:
             state = self.recorder.finish(trial.trial_id, trial.config, "stopped_by_asha", last=last)
         self._row(trial)["state"] = state
+        drop_checkpoints(trial)
         what = {"completed": "completed", "stopped_by_asha": f"stopped by ASHA at epoch {fmt(epoch)}",
                 "failed": f"failed: {last.get(FAILED_KEY)}"}.get(state, state)
         value = "" if state == "failed" else f": {self.metric} {fmt(last.get(self.metric))}"
@@ -132,6 +134,7 @@ class DriverCallback(Callback):
             reason = "trial raised an error"
         self.recorder.finish(trial.trial_id, trial.config, "failed", last=trial.last_result, error=reason)
         self._row(trial)["state"] = "failed"
+        drop_checkpoints(trial)
         self._event(f"trial {self._name(trial)} failed: {reason}{self._progress_text()}")
 
     def on_experiment_end(self, trials, **info):
