@@ -89,8 +89,9 @@ class StepProgress:
         self.epochs = epochs
         # The stream now, not at write time: the run's stdout goes to the log file meanwhile.
         self.console = console or Console(file=sys.stdout, highlight=False)
-        self.board = ray.remote(num_cpus=0)(_Board).remote()
-        self.reporter = StepReporter(self.board)
+        # Without Ray (a run in this process) there is nothing to draw: ``reporter`` is None.
+        self.board = ray.remote(num_cpus=0)(_Board).remote() if ray.is_initialized() else None
+        self.reporter = StepReporter(self.board) if self.board is not None else None
         self.terminal = self.console.is_terminal
         self.own_display = own_display
         self.state: dict | None = None
@@ -100,6 +101,8 @@ class StepProgress:
         self._last_plain = time.monotonic()
 
     def __enter__(self) -> StepProgress:
+        if self.board is None:
+            return self
         if self.terminal and self.own_display:
             from rich.live import Live
 
@@ -116,6 +119,8 @@ class StepProgress:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.board is None:
+            return
         self._stop.set()
         self._thread.join(timeout=5)
         self._read()  # the last lines
