@@ -68,7 +68,7 @@ def make_batch(batch: int, device: torch.device) -> dict:
         "visual": torch.randn(batch, 3, 224, 224, generator=g).to(device),
         "input_ids": torch.randint(0, text.vocab_size, (batch, text.max_position_embeddings), generator=g).to(device),
         "attention_mask": torch.ones(batch, text.max_position_embeddings, dtype=torch.long, device=device),
-        "item_id": torch.arange(batch, device=device),  # one positive per anchor, as CLIP
+        "positive_id": torch.arange(batch, device=device),  # one positive per anchor, as CLIP
     }
 
 
@@ -81,7 +81,7 @@ def time_steps(loss_fn, mining, args, device, batch) -> float:
             started = time.perf_counter()
         with autocast(device, "auto"):
             v, t, _ = step(batch["visual"], batch["input_ids"], batch["attention_mask"])
-        loss = loss_fn(v.float() @ t.float().T, batch["item_id"], mining)
+        loss = loss_fn(v.float() @ t.float().T, batch["positive_id"], mining)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(step.parameters(), 1.0)

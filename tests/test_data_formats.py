@@ -60,7 +60,7 @@ def test_karpathy_split_counts_ids_groups(karpathy):
     assert train.captions == ["picture 0 caption 0", "picture 1 caption 0", "picture 1 caption 1"]
     assert train.caption_to_item.tolist() == [0, 1, 1]
     assert train.item_groups.tolist() == [0, 0]  # both images are concept "a"
-    assert {train[j]["item_id"] for j in range(3)} == {0}  # positives matched on the group
+    assert {train[j]["positive_id"] for j in range(3)} == {0}  # positives matched on the group
     assert train[0]["visual"].shape == (3, 16, 16)
 
 
@@ -83,7 +83,7 @@ def test_karpathy_without_concept_has_no_groups(tmp_path):
     path.write_text(json.dumps({"images": [{"filename": "1.png", "imgid": 7, "split": "test",
                                             "sentences": [{"raw": "x"}, {"raw": "y"}]}]}))
     test = build_dataset(data_spec(format="karpathy", annotations=str(path)), "test")
-    assert test.item_groups is None and test[1]["item_id"] == 7
+    assert test.item_groups is None and test[1]["positive_id"] == 7
 
 
 # ------------------------------------------------------------------ msrvtt
@@ -117,7 +117,7 @@ def test_msrvtt_1k_a(msrvtt):
     assert train.modality == "video" and train.item_ids.tolist() == [0, 1, 2, 3]
     assert len(train) == 4 * 20  # every caption of the 9k videos
     assert train.captions[:2] == ["clip 0 sentence 0", "clip 0 sentence 1"]
-    assert train[25]["item_id"] == 1 and train[25]["visual"].shape == (4, 3, 224, 224)
+    assert train[25]["positive_id"] == 1 and train[25]["visual"].shape == (4, 3, 224, 224)
     test = build_dataset(msrvtt, "test", train=False)
     assert test.item_ids.tolist() == [4, 5] and test.captions == ["test sentence for 4", "test sentence for 5"]
     clip = test.item_dataset()[1]["visual"]
@@ -171,7 +171,7 @@ def test_manifest_csv_video_with_integer_ids(tmp_path):
     val = build_dataset(data_spec(format="manifest", modality="video", annotations=str(path)), "val",
                         transform=default_transform(8), num_frames=2)
     assert val.item_ids.tolist() == [9, 3] and val.captions == ["nine", "three", "drei"]
-    assert val[2]["visual"].shape == (2, 3, 8, 8) and val[2]["item_id"] == 3
+    assert val[2]["visual"].shape == (2, 3, 8, 8) and val[2]["positive_id"] == 3
 
 
 def test_manifest_modality_mismatch_is_explained(tmp_path):
@@ -224,13 +224,13 @@ def test_collate_and_loader_with_workers(msrvtt):
     train = build_dataset(msrvtt, "train", transform=default_transform(16))
     batch = collate([train[0], train[21], train[45]], fake_tokenize)
     assert batch["visual"].shape == (3, 4, 3, 16, 16)
-    assert batch["item_id"].tolist() == [0, 1, 2]
+    assert batch["positive_id"].tolist() == [0, 1, 2]
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 4)
     collator = pickle.loads(pickle.dumps(Collator(fake_tokenize)))
     loader = DataLoader(train, batch_size=8, shuffle=True, num_workers=2, collate_fn=collator, drop_last=True)
     seen = 0
     for batch in loader:
         assert batch["visual"].shape == (8, 4, 3, 16, 16)
-        assert batch["item_id"].dtype == torch.long
+        assert batch["positive_id"].dtype == torch.long
         seen += 8
     assert seen == len(train)

@@ -158,7 +158,7 @@ def test_build_dataset_reads_the_generated_files(tmp_path):
     sample = train[5]
     assert sample["visual"].shape == (3, 32, 32)
     assert sample["text"] == train.captions[5]
-    assert sample["item_id"] == int(train.item_ids[train.caption_to_item[5]])
+    assert sample["positive_id"] == int(train.item_ids[train.caption_to_item[5]])
     video = build_dataset(spec(tmp_path, "video"), "val", num_frames=4, train=False)
     assert video[0]["visual"].shape == (4, 3, 32, 32)
     assert video.item_dataset()[1]["visual"].shape == (4, 3, 32, 32)

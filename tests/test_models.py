@@ -419,10 +419,10 @@ def test_tiny_model_fits_64_synthetic_pairs_with_the_unified_loss(tmp_path):
     model = build_model({"name": "tiny", "preset": "tiny-s", "embed_dim": 64}, captions=captions)
     dataset = build_dataset(data, "train", transform=model.image_transform(train=False), train=False)
     samples = [dataset[j] for j in range(len(dataset))]
-    assert len(samples) == 64 and len({s["item_id"] for s in samples}) == 64
+    assert len(samples) == 64 and len({s["positive_id"] for s in samples}) == 64
     visual = torch.stack([s["visual"] for s in samples])
     tokens = model.tokenize([s["text"] for s in samples])
-    ids = torch.tensor([s["item_id"] for s in samples])
+    ids = torch.tensor([s["positive_id"] for s in samples])
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
     recall = (0.0, 0.0)
     for step in range(1, 501):

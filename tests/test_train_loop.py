@@ -128,7 +128,7 @@ class ToyEncoder(nn.Module):
 def test_diverged_model_raises_nonfinite_error():
     step = ContrastiveStep(ToyEncoder(nan=True))
     batch = {"visual": torch.randn(4, 3), "input_ids": torch.ones(4, 2, dtype=torch.long),
-             "attention_mask": torch.ones(4, 2, dtype=torch.long), "item_id": torch.arange(4)}
+             "attention_mask": torch.ones(4, 2, dtype=torch.long), "positive_id": torch.arange(4)}
     opt = torch.optim.SGD(step.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     with pytest.raises(NonFiniteLossError, match="epoch 1"):

@@ -79,8 +79,8 @@ class RetrievalDataset(Dataset):
         split: the split name(s) read from it.
 
     `dataset[j]` -> {"visual": Tensor [3,H,W] (image) or [F,3,H,W] (video),
-    "text": str, "item_id": int}. `item_id` is the id positives are matched on in a
-    batch: the item's group when the data has groups, else its item id.
+    "text": str, "positive_id": int}. `positive_id` is the id positives are matched on in
+    a batch (the positive group): the item's group when the data has groups, else its item id.
     Raises UserError from `__getitem__` when a media file fails to decode.
     """
 
@@ -136,7 +136,7 @@ class RetrievalDataset(Dataset):
 
     def __getitem__(self, j: int) -> dict:
         item = self._item_of_caption[j]
-        return {"visual": self.load_visual(item), "text": self.captions[j], "item_id": self._positive_ids[item]}
+        return {"visual": self.load_visual(item), "text": self.captions[j], "positive_id": self._positive_ids[item]}
 
     def item_dataset(self) -> ItemDataset:
         """A Dataset over items (uniform frame sampling) for evaluation."""
@@ -167,7 +167,7 @@ class Collator:
 
     `tokenize(list[str]) -> {"input_ids": LongTensor [B,L], "attention_mask": LongTensor [B,L]}`.
     Returns {"visual": [B,3,H,W] or [B,F,3,H,W], "input_ids", "attention_mask",
-    "item_id": LongTensor [B]}. A class so that it pickles into DataLoader workers.
+    "positive_id": LongTensor [B]}. A class so that it pickles into DataLoader workers.
     """
 
     def __init__(self, tokenize: Callable[[list[str]], dict]):
@@ -179,7 +179,7 @@ class Collator:
             "visual": torch.stack([sample["visual"] for sample in batch]),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
-            "item_id": torch.tensor([sample["item_id"] for sample in batch], dtype=torch.long),
+            "positive_id": torch.tensor([sample["positive_id"] for sample in batch], dtype=torch.long),
         }
 
 

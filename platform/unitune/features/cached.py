@@ -122,7 +122,7 @@ def collate_text(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
 class CachedPairs(Dataset):
     """A training split over captions, with cached prefixes where the cache has them.
 
-    ``[j]`` -> ``{"item_id", "visual_prefix" | "video_prefix" | "visual", "text_prefix" | "text"}``:
+    ``[j]`` -> ``{"positive_id", "visual_prefix" | "video_prefix" | "visual", "text_prefix" | "text"}``:
     an uncached tower gets its raw input (the image through ``dataset``'s transform, or
     the caption string), as ``RetrievalDataset`` gives it.
     """
@@ -135,7 +135,7 @@ class CachedPairs(Dataset):
 
     def __getitem__(self, j: int) -> dict:
         item = self.dataset._item_of_caption[j]
-        sample = {"item_id": self.dataset._positive_ids[item]}
+        sample = {"positive_id": self.dataset._positive_ids[item]}
         if self.cached.visual is not None:
             sample["video_prefix" if self.cached.video else "visual_prefix"] = self.cached.visual_prefix(item)
         else:
@@ -158,7 +158,7 @@ class CachedCollator:
         self.tokenize = tokenize
 
     def __call__(self, samples: list[dict]) -> dict:
-        batch = {"item_id": torch.tensor([s["item_id"] for s in samples], dtype=torch.long)}
+        batch = {"positive_id": torch.tensor([s["positive_id"] for s in samples], dtype=torch.long)}
         for name in ("visual", "visual_prefix", "video_prefix"):
             if name in samples[0]:
                 batch[name] = torch.stack([s[name] for s in samples])

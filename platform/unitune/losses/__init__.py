@@ -3,6 +3,7 @@ special cases in textbook form, VSE∞'s warm-up hinge, the learnable scale and 
 schedule."""
 
 from .hinge import hinge_mean_loss
+from .inputs import NonFiniteSimilarityError
 from .mining import MINING_MODES, WARMUP_MODES, MiningSchedule
 from .reference import triplet_hn_loss, vlc_loss
 from .scale import LearnableScale
@@ -12,6 +13,7 @@ from .unified import unified_loss
 __all__ = [
     "MINING_MODES",
     "WARMUP_MODES",
+    "NonFiniteSimilarityError",
     "LearnableScale",
     "MiningSchedule",
     "hinge_mean_loss",

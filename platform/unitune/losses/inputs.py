@@ -10,8 +10,13 @@ from dataclasses import dataclass
 import torch
 
 
+class NonFiniteSimilarityError(ValueError):
+    """`sim` holds NaN or inf (a diverged model): the loss cannot be computed."""
+
+
 def check_sim(sim):
-    """Raise ValueError naming `sim` unless it is a 2-D floating tensor without NaN or inf."""
+    """Raise ValueError naming `sim` unless it is a 2-D floating tensor without NaN or inf
+    (`NonFiniteSimilarityError` for NaN or inf: the one finiteness check of a training step)."""
     if not isinstance(sim, torch.Tensor) or sim.dim() != 2:
         shape = tuple(sim.shape) if isinstance(sim, torch.Tensor) else type(sim).__name__
         raise ValueError(f"sim must be a 2-D tensor (N_v x N_t), got {shape}")
@@ -22,7 +27,7 @@ def check_sim(sim):
     # One cheap reduction instead of an N x N isnan mask; the exact scan runs only on suspicion
     # (the sum is also non-finite when finite entries overflow, which the scan rules out).
     if not math.isfinite(sim.detach().sum().item()) and not torch.isfinite(sim.detach()).all():
-        raise ValueError("sim contains NaN or inf")
+        raise NonFiniteSimilarityError("sim contains NaN or inf")
 
 
 def check_number(name, value, *, positive):

@@ -13,7 +13,8 @@ concatenated batch in one process. (The re-insert variant gives ``1/W`` of it, a
 learnable scale would need its own correction.) ``tests/test_train_distributed.py`` checks
 this equality on two gloo processes.
 
-Item ids need no offset by rank: the dataset's ``item_id`` is already the item's global id,
+Positive ids need no offset by rank: a batch's ``positive_id`` is already the global id of
+the item's positive group,
 so two captions of the same image that land on different workers are positives of each
 other in the global batch, never negatives. (open_clip offsets *positions* by rank because
 its labels are positions; ours are identities.)
@@ -32,18 +33,18 @@ def is_distributed() -> bool:
 
 
 def gather_batch(
-    visual: torch.Tensor, text: torch.Tensor, item_ids: torch.Tensor
+    visual: torch.Tensor, text: torch.Tensor, positive_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Concatenate every worker's batch, in rank order, keeping gradients.
 
     Args:
         visual: ``[B, D]`` local visual embeddings (requires grad in training).
         text: ``[B, D]`` local text embeddings.
-        item_ids: ``[B]`` LongTensor, global item id of each pair.
+        positive_ids: ``[B]`` LongTensor, the global positive-group id of each pair.
 
     Returns:
         ``([W*B, D], [W*B, D], [W*B])``: visual, text (both differentiable with respect
-        to every worker's local embeddings) and item ids. Without a process group of
+        to every worker's local embeddings) and positive ids. Without a process group of
         two or more processes the inputs are returned unchanged.
 
     Raises:
@@ -51,11 +52,11 @@ def gather_batch(
             training loader drops the last incomplete batch so that they never do.
     """
     if not is_distributed():
-        return visual, text, item_ids
+        return visual, text, positive_ids
     # One collective for both towers: [B, 2D] per worker.
     both = torch.cat(dist_fn.all_gather(torch.cat([visual, text], dim=1)), dim=0)
     all_visual, all_text = both.split([visual.shape[1], text.shape[1]], dim=1)
     # Ids carry no gradient: the plain collective is enough.
-    id_list = [torch.empty_like(item_ids) for _ in range(dist.get_world_size())]
-    dist.all_gather(id_list, item_ids.contiguous())
+    id_list = [torch.empty_like(positive_ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(id_list, positive_ids.contiguous())
     return all_visual, all_text, torch.cat(id_list, dim=0)

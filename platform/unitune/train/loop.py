@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unitune.eval import retrieval_metrics_from_embeddings
-from unitune.losses import MiningSchedule, scheduled_loss
+from unitune.losses import MiningSchedule, NonFiniteSimilarityError, scheduled_loss
 from unitune.train.distributed import gather_batch
 
 
@@ -97,7 +97,7 @@ def train_one_epoch(
     Args:
         model: a ``ContrastiveStep`` (possibly DDP-wrapped).
         loader: yields ``collate`` batches ``{"visual", "input_ids", "attention_mask",
-            "item_id"}`` of the *local* batch ``B``, or the feature cache's batches
+            "positive_id"}`` of the *local* batch ``B``, or the feature cache's batches
             (``CachedCollator``: prefixes instead of a cached tower's input).
         optimizer, scheduler: stepped once per batch (the schedule is per step).
         loss_cfg: the job's ``LossSpec`` (margin, gamma, mining, topk, warmup_epochs,
@@ -130,7 +130,7 @@ def train_one_epoch(
     gamma = loss_cfg.gamma
     for batch in loader:
         inputs = to_device(batch, device)
-        ids = inputs.pop("item_id")
+        ids = inputs.pop("positive_id")
 
         with autocast(device, precision):
             v, t, learned = model(**inputs)
@@ -138,22 +138,23 @@ def train_one_epoch(
         # cheap next to the towers, and bf16 similarities would blur small margins.
         v, t, ids = gather_batch(v.float(), t.float(), ids)
         sim = v @ t.T
-        if not torch.isfinite(sim).all():
+        gamma = learned if learned is not None else loss_cfg.gamma
+        try:  # the loss checks sim for NaN/inf (one host sync per step, not two)
+            out = scheduled_loss(
+                sim,
+                mining,
+                margin=loss_cfg.margin,
+                gamma=gamma,
+                topk=loss_cfg.topk,
+                row_ids=ids,
+                col_ids=ids,
+                scale_by_gamma=loss_cfg.scale_by_gamma,
+            )
+        except NonFiniteSimilarityError:
             raise NonFiniteLossError(
                 f"similarities became NaN/inf at epoch {epoch}, step {steps + 1}: the "
                 "model diverged; lower optim.lr or loss.gamma"
-            )
-        gamma = learned if learned is not None else loss_cfg.gamma
-        out = scheduled_loss(
-            sim,
-            mining,
-            margin=loss_cfg.margin,
-            gamma=gamma,
-            topk=loss_cfg.topk,
-            row_ids=ids,
-            col_ids=ids,
-            scale_by_gamma=loss_cfg.scale_by_gamma,
-        )
+            ) from None
 
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
