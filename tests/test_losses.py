@@ -1,4 +1,4 @@
-"""unitune.losses against plain-Python loops over anchors and pairs, and the identities of DESIGN.md §1."""
+"""unitune.losses against plain-Python loops over anchors and pairs, and the identities of docs/losses.md."""
 
 import math
 
@@ -156,7 +156,7 @@ def test_reference_losses_match_loops(case):
     _check_close(triplet_hn_loss(sim, margin=0.3, **ids), loop_diagnostics(sim, margin=0.3, **ids))
 
 
-# ---------------------------------------------------------------- identities of DESIGN.md §1
+# ---------------------------------------------------------- identities of docs/losses.md
 
 @pytest.mark.parametrize("case", ["diagonal", "unique_ids_aligned", "unique_ids_shuffled"])
 @pytest.mark.parametrize("tau", [0.01, 0.07, 1.0])

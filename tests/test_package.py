@@ -24,7 +24,7 @@ def test_unitune_imports_from_the_source_root():
 
 
 def test_library_layers_import_no_ray_mlflow_or_cli():
-    # DESIGN.md §2: the library (losses, eval, data, models) is plain PyTorch.
+    # docs/internals.md, Layers: the library (losses, eval, data, models) is plain PyTorch.
     code = (
         "import sys, unitune.losses, unitune.eval, unitune.data, unitune.models;"
         "bad = [m for m in ('ray', 'mlflow', 'unitune.cli', 'unitune.tracking') if m in sys.modules];"

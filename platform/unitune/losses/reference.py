@@ -1,7 +1,7 @@
 """The two published losses that the unified loss contains, each in its textbook form.
 
 Written apart from unified.py (dense masks, no shared code path) so that tests can check
-the special-case identities of DESIGN.md §1 against them.
+the special-case identities of docs/losses.md against them.
 """
 
 import torch

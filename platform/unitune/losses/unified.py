@@ -1,4 +1,4 @@
-"""The unified loss of pair similarity optimization (DESIGN.md §1).
+"""The unified loss of pair similarity optimization (docs/losses.md).
 
 For an anchor (a row of `sim` for image->text, a column for text->image) with positive
 similarities s_p and negative similarities s_n:
@@ -12,7 +12,7 @@ Every logsumexp runs over −inf-masked entries, never over 0-masked exponential
 Two implementations, each checked against plain loops in tests/test_losses.py:
 - one positive per anchor on the diagonal (the common case: no ids, or distinct ids in the
   same order on both sides): the fused autograd Functions of fused.py. For mining="all"
-  the loss is CLIP's cross-entropy on the logits γ·S − γ·m·I (DESIGN.md §1);
+  the loss is CLIP's cross-entropy on the logits γ·S − γ·m·I (docs/losses.md);
 - otherwise (repeated ids, other orders, non-square): plain autograd, with a masked
   logsumexp over the negatives and a logsumexp over each anchor's positives gathered from
   the positive pairs.
