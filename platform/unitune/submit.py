@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitune.errors import UserError, first_line
+from unitune.errors import UserError, first_line, shorten
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0  # one request, no retries: an unreachable cluster fails in seconds
@@ -88,23 +88,27 @@ def resolve_address(address: str | None) -> str:
 
 
 def find_token() -> tuple[str, str] | None:
-    """Ray's auth token and where it came from, looked up as Ray does; ``None`` if absent.
+    """Ray's auth token and where it came from, read by Ray's own loader (``RAY_AUTH_TOKEN``,
+    else the file ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``); ``None`` if absent.
 
-    Raises ``UserError`` when ``RAY_AUTH_TOKEN_PATH`` names an unreadable file.
+    Raises ``UserError`` when ``RAY_AUTH_TOKEN_PATH`` names a missing or empty file.
     """
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
-    path_var = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    path = Path(path_var).expanduser() if path_var else Path.home() / ".ray" / "auth_token"
+    from ray._raylet import AuthenticationTokenLoader  # Ray 2.60 has no public name for it
+    from ray.exceptions import AuthenticationError
+
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # it caches the first lookup; the environment may have changed since
     try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        if path_var:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH: file not found: {path}") from None
-        return None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the Ray auth token: {exc}") from None
-    return (token, str(path)) if token else None
+        if not loader.has_token(ignore_auth_mode=True):
+            return None
+        token = loader.get_raw_token(ignore_auth_mode=True)
+    except AuthenticationError as exc:
+        raise UserError(f"RAY_AUTH_TOKEN_PATH: {shorten(first_line(exc).split('. ')[0], 200)}") from None
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        source = "RAY_AUTH_TOKEN"
+    else:
+        source = str(Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser())
+    return token, source
 
 
 def probe(address: str) -> dict:
