@@ -90,7 +90,7 @@ def embed_rows(model, transform, frame: pd.DataFrame) -> np.ndarray:
 
 
 def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value))
+    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))   # None, NaN, pd.NA
 
 
 def signature(embed_dim: int):
@@ -138,7 +138,6 @@ def local_model_dir(ref: str, tracking_uri: str | None = None, dst: str | None =
     from mlflow.exceptions import MlflowException
 
     from unitune.errors import UserError, first_line
-
     from unitune.tracking import Tracker
 
     path = Path(ref)

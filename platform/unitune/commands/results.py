@@ -123,7 +123,9 @@ def _trials_table(frame) -> str:
         ("seconds_to_target", "s to target"),
         ("normalized_auc", "auc"),
     ]
-    rows = [[_cell(r[c]) for c, _ in columns] for _, r in frame.iterrows()]
+    # The run name's first word (``t03``): the rest of it repeats the parameter columns.
+    rows = [[str(r[c]).split(" ", 1)[0] if c == "run_name" else _cell(r[c]) for c, _ in columns]
+            for _, r in frame.iterrows()]
     numeric = [c not in ("run_name", "state") and frame[c].map(_is_number).all() for c, _ in columns]
     order = a.get("sorted_by", f"best {metric} ({a['mode']})")
     title = f"search {a['search_id']} (experiment {a['experiment']}): {len(frame)} trials, by {order}"
