@@ -40,6 +40,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 # The expander of a parent run's row, and the Assistant panel MLflow opens on a first visit.
 EXPAND_RUNS = 'button[data-component-id$="runnamecellrenderer.tsx_46"]'
 CLOSE_ASSISTANT = '[data-component-id="mlflow.assistant.chat_panel.close"]'
+CHART_SEARCH = 'input[placeholder="Search metric charts"]'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="mlflow_runs.png", help="PNG to write")
     parser.add_argument("--view", default="TABLE", choices=["TABLE", "CHART"],
                         help="the runs table or the metric charts (default TABLE)")
+    parser.add_argument("--charts", metavar="TEXT",
+                        help="CHART view: show only the charts whose metric name matches TEXT (e.g. rsum)")
     parser.add_argument("--size", default="1400,900", help="window size W,H")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds the page gets after the runs are expanded (default 3)")
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out).resolve()
             out.parent.mkdir(parents=True, exist_ok=True)
             shot = time.monotonic()
-            png = asyncio.run(capture(browser, url, Path(tmp) / "chromium", args.size, args.settle))
+            png = asyncio.run(capture(browser, url, Path(tmp) / "chromium", args.size, args.settle, args.charts))
             out.write_bytes(png)
         finally:
             stop_ui(proc)
@@ -76,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def capture(browser: str, url: str, profile: Path, size: str, settle: float) -> bytes:
+async def capture(browser: str, url: str, profile: Path, size: str, settle: float,
+                  charts: str | None = None) -> bytes:
     """Open ``url`` in headless Chromium, expand the parent runs, close the Assistant
-    panel and return a PNG of the window (Chrome DevTools Protocol over a websocket)."""
+    panel, filter the charts by ``charts`` and return a PNG of the window (Chrome DevTools
+    Protocol over a websocket)."""
     import aiohttp  # installed with ray[default]
 
     proc = subprocess.Popen([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
@@ -114,6 +119,10 @@ async def capture(browser: str, url: str, profile: Path, size: str, settle: floa
                     await asyncio.sleep(0.5)
                 await js(f"document.querySelectorAll('{EXPAND_RUNS}').forEach(b => b.click());"
                          f"document.querySelector('{CLOSE_ASSISTANT}')?.click()")
+                if charts:   # React reads the value through the input's native setter and event
+                    await js(f"const i = document.querySelector('{CHART_SEARCH}');"
+                             "const set = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;"
+                             f"set.call(i, {json.dumps(charts)}); i.dispatchEvent(new Event('input', {{bubbles: true}}))")
                 await asyncio.sleep(settle)
                 return base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
     finally:
