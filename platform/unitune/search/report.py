@@ -284,7 +284,8 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
     job_arg = job_path or "JOB"
     lines += [
         f"MLflow: {tracker_uri}",
-        f"next: unitune ui {job_arg}    # browse the runs",
+        f"next: unitune results {s['search_id']} --job {job_arg}    # the trials, best first",
+        f"      unitune ui {job_arg}    # browse the runs",
         f"      unitune export {s['search_id']} --job {job_arg}    # best config -> final job",
     ]
     return "\n".join(lines)
