@@ -82,6 +82,7 @@ ROWS = [dict(name="t00", state="stopped_by_asha", margin=0.175034884505077, epoc
         dict(name="t01", state="completed", margin=0.3911, epoch=6, best=445.8),
         dict(name="t02", state="failed", margin=0.2, epoch=0, best=None),
         dict(name="t03", state="completed", margin=0.22, epoch=6, best=409.4)]
+DEMO_PARAMS = ["loss.margin", "loss.gamma", "loss.mining", "loss.topk", "loss.warmup_epochs", "optim.lr"]
 
 
 @pytest.mark.parametrize("mode, order", [("max", ["t01", "t03", "t00", "t02"]), ("min", ["t00", "t03", "t01", "t02"])])
@@ -102,3 +103,17 @@ def test_eta_from_finished_trials(monkeypatch):
     monkeypatch.setattr(cb, "_elapsed", lambda: 60.0)
     assert cb.eta() == pytest.approx(60.0)   # 2 of 4 done in 60 s: 2 more take about 60 s
     assert "ETA 0:01:00" in cb.headline()
+
+
+def test_the_demo_table_fits_80_columns_without_cutting_a_cell():
+    """The demo space's six parameters with their widest values (make demo on an 80-column terminal)."""
+    cb = _callback(ROWS)
+    cb.params = DEMO_PARAMS
+    config = {"loss.margin": 0.000602, "loss.gamma": 72.31, "loss.mining": "hardest", "loss.topk": 10,
+              "loss.warmup_epochs": 2, "optim.lr": 0.000604}
+    for row in cb.rows.values():
+        row["config"] = config
+    lines = _table_lines(cb.render(final=True))
+    assert all(len(line) <= 80 for line in lines)
+    assert "…" not in "\n".join(lines)
+    assert "0.000602" in "\n".join(lines) and "completed" in "\n".join(lines)

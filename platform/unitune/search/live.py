@@ -21,15 +21,21 @@ import time
 from ray.tune import Callback
 
 from unitune.config import SearchSpaceSpec
-from unitune.search.record import Recorder, trial_label
 from unitune.search.cleanup import drop_checkpoints
+from unitune.search.record import Recorder, trial_label
 from unitune.search.trial import FAILED_KEY, error_message
 from unitune.terminal import duration, num
 
 _LIVE: DriverCallback | None = None
 # How the table shows a state (the record's names are longer than a column should be).
-STATE_TEXT = {"completed": "[green]completed[/]", "stopped_by_asha": "[yellow]stopped[/]", "failed": "[red]failed[/]",
-              "interrupted": "[magenta]interrupted[/]", "RUNNING": "[cyan]running[/]", "PENDING": "pending"}
+STATE_TEXT = {
+    "completed": "[green]completed[/]",
+    "stopped_by_asha": "[yellow]stopped[/]",
+    "failed": "[red]failed[/]",
+    "interrupted": "[magenta]interrupted[/]",
+    "RUNNING": "[cyan]running[/]",
+    "PENDING": "pending",
+}
 
 
 def live_callback() -> DriverCallback:
@@ -55,6 +61,7 @@ def sort_key(mode: str):
         best = row.get("best")
         ok = isinstance(best, (int, float)) and best == best
         return (not ok, sign * best if ok else 0.0, row["name"])
+
     return key
 
 
@@ -85,7 +92,7 @@ class DriverCallback(Callback):
         self._started = time.monotonic()
         self.console = Console(file=sys.stderr, highlight=False)
         if not self.console.is_terminal:
-            self.console.width = max(self.console.width, 160)   # a log file: no wrapped columns
+            self.console.width = max(self.console.width, 160)  # a log file: no wrapped columns
         self._live = None
         _LIVE = self
 
@@ -110,18 +117,20 @@ class DriverCallback(Callback):
         last = trial.last_result or {}
         epoch = last.get("epoch")
         if self.recorder.interrupting:
-            return   # the driver closes what the interruption cut short
+            return  # the driver closes what the interruption cut short
         if FAILED_KEY in last:
-            state = self.recorder.finish(trial.trial_id, trial.config, "failed", last=last,
-                                         error=str(last[FAILED_KEY]))
+            state = self.recorder.finish(trial.trial_id, trial.config, "failed", last=last, error=str(last[FAILED_KEY]))
         elif epoch is not None and epoch >= self.max_epochs:
             state = self.recorder.finish(trial.trial_id, trial.config, "completed", last=last)
         else:
             state = self.recorder.finish(trial.trial_id, trial.config, "stopped_by_asha", last=last)
         self._row(trial)["state"] = state
         drop_checkpoints(trial)
-        what = {"completed": "completed", "stopped_by_asha": f"stopped by ASHA at epoch {fmt(epoch)}",
-                "failed": f"failed: {last.get(FAILED_KEY)}"}.get(state, state)
+        what = {
+            "completed": "completed",
+            "stopped_by_asha": f"stopped by ASHA at epoch {fmt(epoch)}",
+            "failed": f"failed: {last.get(FAILED_KEY)}",
+        }.get(state, state)
         value = "" if state == "failed" else f": {self.metric} {fmt(last.get(self.metric))}"
         self._event(f"trial {self._name(trial)} {what}{value}{self._progress_text()}")
 
@@ -151,7 +160,7 @@ class DriverCallback(Callback):
             self._live = None
         elif self.rows:
             self.console.print(self.render(final=True))
-        self.rows = None   # closed
+        self.rows = None  # closed
 
     def _name(self, trial) -> str:
         rec = self.recorder.runs.get(trial.trial_id)
@@ -160,8 +169,9 @@ class DriverCallback(Callback):
     def _row(self, trial) -> dict:
         if self.rows is None:
             return {}
-        return self.rows.setdefault(trial.trial_id, {"config": trial.config, "state": "PENDING",
-                                                     "name": self._name(trial)})
+        return self.rows.setdefault(
+            trial.trial_id, {"config": trial.config, "state": "PENDING", "name": self._name(trial)}
+        )
 
     def _params_text(self, config: dict) -> str:
         return ", ".join(f"{short(k)} {fmt(config[k])}" for k in self.params if k in config)
@@ -180,12 +190,14 @@ class DriverCallback(Callback):
         return self._elapsed() / done * max(0, self.num_trials - done)
 
     def headline(self) -> str:
-        return (f"{self.recorder.setup.search_id}: {self._done()}/{self.num_trials} trials done, "
-                f"{duration(self._elapsed())} elapsed, ETA {duration(self.eta())}")
+        return (
+            f"{self.recorder.setup.search_id}: {self._done()}/{self.num_trials} trials done, "
+            f"{duration(self._elapsed())} elapsed, ETA {duration(self.eta())}"
+        )
 
     def _progress_text(self) -> str:
         if self.console.is_terminal:
-            return ""   # the headline above the table says it
+            return ""  # the headline above the table says it
         return f" ({self._done()}/{self.num_trials} done, ETA {duration(self.eta())})"
 
     def _event(self, text: str) -> None:
@@ -194,8 +206,13 @@ class DriverCallback(Callback):
         if self.console.is_terminal and self._live is None:
             from rich.live import Live
 
-            self._live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
-                              redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                get_renderable=self.render,
+                console=self.console,
+                refresh_per_second=2,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
         prefix = f"[unitune {duration(self._elapsed())}] "
         self.console.print(prefix + text, markup=False, highlight=False, soft_wrap=True)
@@ -205,22 +222,32 @@ class DriverCallback(Callback):
         from rich import box
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         # Headers wrap at their underscores (warmup / epochs): the table fits 80 columns.
         heads = ["trial", "state", *(short(p).replace("_", " ") for p in self.params), "epoch", self.metric, "best"]
-        table = Table(title=self.headline(), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                      collapse_padding=True, caption="stopped: by ASHA" if final else None,
-                      caption_justify="left")
-        for i, head in enumerate(heads):
-            table.add_column(head, justify="left" if i < 2 else "right")
-        rows = list((self.rows or {}).copy().values())   # the refresh thread reads while Tune adds
+        table = Table(
+            title=self.headline(),
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            padding=(0, 0),  # the box's blank column separator is the gap: 8 trials fit 80 columns
+            caption="stopped = stopped early by ASHA" if final else None,
+            caption_justify="left",
+        )
+        rows = list((self.rows or {}).copy().values())  # the refresh thread reads while Tune adds
         if final:
             rows.sort(key=sort_key(self.mode))
-        for row in rows:
-            cfg = row["config"]
-            state = row["state"]
-            table.add_row(row["name"], STATE_TEXT.get(state, state),
-                          *(fmt(cfg.get(k)) for k in self.params),
-                          fmt(row.get("epoch")), fmt(row.get("value")), fmt(row.get("best")))
+        cells = [
+            [row["name"], STATE_TEXT.get(row["state"], row["state"]), *(fmt(row["config"].get(k)) for k in self.params),
+             fmt(row.get("epoch")), fmt(row.get("value")), fmt(row.get("best"))]
+            for row in rows
+        ]
+        for i, head in enumerate(heads):
+            # Values are never cut: a column is as wide as its widest value (headers wrap instead).
+            widest = max((len(Text.from_markup(r[i]).plain) for r in cells), default=0)
+            table.add_column(head, justify="left" if i < 2 else "right", min_width=widest)
+        for r in cells:
+            table.add_row(*r)
         bar = self.steps.renderable() if (self.steps is not None and not final) else None
         return Group(table, bar) if bar is not None else table
