@@ -7,7 +7,8 @@ import pytest
 
 import unitune.search.space as space_module
 from unitune.config import JobSpec, SearchSpaceSpec
-from unitune.search.driver import optuna_storage_url, run_search
+from unitune.search.driver import run_search
+from unitune.search.storage import optuna_storage_url
 from unitune.search.report import format_summary
 from unitune.tracking import Tracker
 

@@ -19,14 +19,14 @@ from urllib.parse import unquote, urlparse
 from unitune.errors import UserError, mask_uri, redact, shorten
 
 CHECK_TIMEOUT_S = 4  # per HTTP request of ``Tracker.check``
-CHECK_RETRIES = 1    # urllib3 retries the first time without a pause: <= 2 x 4 s in all
+CHECK_RETRIES = 1  # urllib3 retries the first time without a pause: <= 2 x 4 s in all
 
 
 def local_path(uri: str) -> Path | None:
     """The file or folder of a local store or artifact URI (``sqlite:///x.db``, ``file:///x``,
     a plain path); None for servers and remote storage (http, s3, mlflow-artifacts, ...)."""
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         return None if path.startswith(":memory:") or not path else Path(path)
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -48,8 +48,10 @@ def _probe_folder(folder: Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=parent, prefix=".unitune-probe-"):
             pass
     except OSError as exc:
-        raise UserError(f"{what}: cannot write in {parent}: {exc.strerror or exc}"
-                        + (" (read-only folder)" if parent == Path.cwd() else "")) from None
+        raise UserError(
+            f"{what}: cannot write in {parent}: {exc.strerror or exc}"
+            + (" (read-only folder)" if parent == Path.cwd() else "")
+        ) from None
 
 
 def probe_store(uri: str) -> None:
@@ -100,8 +102,12 @@ def probe_artifacts(location: str, what: str) -> None:
 def bounded_http(retries: int = CHECK_RETRIES, timeout_s: int = CHECK_TIMEOUT_S):
     """MLflow HTTP requests inside the block: ``retries`` retries without back-off, each
     request at most ``timeout_s``; urllib3's retry warnings are kept quiet."""
-    bounds = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
-              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
+    bounds = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    }
     saved = {key: os.environ.get(key) for key in bounds}
     pool_log = logging.getLogger("urllib3.connectionpool")
     level = pool_log.level
@@ -125,8 +131,12 @@ def bounded_http(retries: int = CHECK_RETRIES, timeout_s: int = CHECK_TIMEOUT_S)
 # that refuses connections fails a call after 124-130 s; one that accepts and does not answer
 # also waits up to 30 s per try. MLflow's defaults (7 retries, 120 s timeout) wait ~4 min and
 # up to 14 min more for a silent server.
-SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+SERVER_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def bound_server_retries() -> dict[str, str]:
@@ -140,9 +150,11 @@ def bound_server_retries() -> dict[str, str]:
 # sqlite lets one writer in at a time; MLflow waits 20 s for the lock (its busy_timeout), the
 # Optuna storage SQLITE_WAIT_S (unitune.search.storage). Longer means too many writers.
 SQLITE_LOCKED = "database is locked"
-SQLITE_LOCKED_HINT = ("the sqlite database stayed locked by another writer for longer than its wait (several "
-                      "searches or processes writing one sqlite store); for concurrent searches run an MLflow "
-                      "server on PostgreSQL (docs/cluster.md) and set tracking.uri to its http:// URL")
+SQLITE_LOCKED_HINT = (
+    "the sqlite database stayed locked by another writer for longer than its wait (several "
+    "searches or processes writing one sqlite store); for concurrent searches run an MLflow "
+    "server on PostgreSQL (docs/cluster.md) and set tracking.uri to its http:// URL"
+)
 
 
 def sqlite_locked(exc: BaseException) -> bool:

@@ -14,27 +14,32 @@ from __future__ import annotations
 
 SEARCH = "unitune.search_id"
 TRIAL = "unitune.trial_id"
-ROLE = "unitune.role"              # "search" (parent), "trial" (child), "study"
-STATE = "unitune.state"            # a key of STATUS_OF_STATE
+ROLE = "unitune.role"  # "search" (parent), "trial" (child), "study"
+STATE = "unitune.state"  # a key of STATUS_OF_STATE
 STOP_EPOCH = "unitune.stopped_at_epoch"
 ERROR = "unitune.error"
 EPOCHS_RUN = "unitune.epochs_run"
-OPTUNA_TRIAL = "unitune.optuna_trial"     # the Optuna trial number of a child run
-SEARCH_KEY = "unitune.search_key"         # hash of the job and the space (what --resume matches)
+OPTUNA_TRIAL = "unitune.optuna_trial"  # the Optuna trial number of a child run
+SEARCH_KEY = "unitune.search_key"  # hash of the job and the space (what --resume matches)
 PREVIOUS_TRIAL_IDS = "unitune.previous_trial_ids"  # a trial continued under a new Tune id
-RAY_NODES = "unitune.ray_nodes"           # the Ray node ids a trial ran on, in order, comma-separated
-STUDY = "unitune.study_id"                # a study's runs: its study run, searches and final runs
+RAY_NODES = "unitune.ray_nodes"  # the Ray node ids a trial ran on, in order, comma-separated
+STUDY = "unitune.study_id"  # a study's runs: its study run, searches and final runs
 FAMILY = "unitune.family"
 SEED = "unitune.seed"
-PARENT = "mlflow.parentRunId"              # MLflow's own: a trial's (or search's) parent run
+PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's (or search's) parent run
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own: which UI view an experiment opens on
-INF_PREFIX = "unitune.inf."               # unitune.inf.<metric> = +inf|-inf (see unitune.tracking)
-BASE_JOB_ARTIFACT = "search_job.yaml"     # the parent run's base job of every trial (export reads it)
+INF_PREFIX = "unitune.inf."  # unitune.inf.<metric> = +inf|-inf (see unitune.tracking)
+BASE_JOB_ARTIFACT = "search_job.yaml"  # the parent run's base job of every trial (export reads it)
 
-STATUS_OF_STATE = {"running": "RUNNING", "completed": "FINISHED", "stopped_by_asha": "FINISHED",
-                   "failed": "FAILED", "interrupted": "KILLED"}
-DONE_STATES = ("completed", "stopped_by_asha", "failed")   # final: never trained again
-FINISHED_STATES = ("completed", "stopped_by_asha")           # a trial with a result (export, Pareto)
+STATUS_OF_STATE = {
+    "running": "RUNNING",
+    "completed": "FINISHED",
+    "stopped_by_asha": "FINISHED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+}
+DONE_STATES = ("completed", "stopped_by_asha", "failed")  # final: never trained again
+FINISHED_STATES = ("completed", "stopped_by_asha")  # a trial with a result (export, Pareto)
 TRANSITIONS = {
     None: ("running",),
     "running": ("completed", "stopped_by_asha", "failed", "interrupted"),

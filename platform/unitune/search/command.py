@@ -15,13 +15,20 @@ from unitune.commands.jobargs import add_job_arguments, load_job_from_args, load
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
-    parser.add_argument("--address", metavar="ADDR",
-                        help="Ray address (default: the job's ray.address; none: a local Ray on 127.0.0.1)")
-    parser.add_argument("--warm-start", metavar="SEARCH_ID",
-                        help="seed the sampler with the completed trials of an earlier search's Optuna study")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the newest interrupted search of this job and space (same "
-                             "working directory: Ray Tune's state is in .unitune/tune)")
+    parser.add_argument(
+        "--address", metavar="ADDR", help="Ray address (default: the job's ray.address; none: a local Ray on 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--warm-start",
+        metavar="SEARCH_ID",
+        help="seed the sampler with the completed trials of an earlier search's Optuna study",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest interrupted search of this job and space (same "
+        "working directory: Ray Tune's state is in .unitune/tune)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no live trials table")
 
 
@@ -38,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in space_warnings(space):
         print(f"unitune: warning: {warning}", file=sys.stderr)
     from unitune.preflight import preflight
+
     preflight(job, splits=("train", "val"))  # the data a search reads, before Ray and MLflow
     from unitune.search.driver import run_search
     from unitune.search.report import bound_warnings, format_summary
@@ -45,8 +53,15 @@ def run(args: argparse.Namespace) -> int:
     space_arg = ["--space", args.space] if args.space else []
     again = "unitune search " + shlex.join([args.job, *space_arg, *args.overrides, "--resume"])
     try:
-        result = run_search(job, space, address=args.address, warm_start_from=args.warm_start,
-                            verbose=not args.quiet, resume=args.resume, resume_hint=again)
+        result = run_search(
+            job,
+            space,
+            address=args.address,
+            warm_start_from=args.warm_start,
+            verbose=not args.quiet,
+            resume=args.resume,
+            resume_hint=again,
+        )
     except Exception as exc:
         from unitune.probes import SQLITE_LOCKED_HINT, sqlite_locked
 

@@ -24,10 +24,9 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-from urllib.parse import urlparse
 
 import optuna
 import yaml
@@ -36,17 +35,16 @@ from unitune import cluster, probes, terminal
 from unitune import tags as T
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.errors import UserError, mask_uri
-from unitune.locks import file_lock
 from unitune.search.interrupt import Interrupt
 from unitune.search.live import DriverCallback
 from unitune.search.record import Recorder
 from unitune.search.report import summarize, write_artifacts
 from unitune.search.space import distribution, make_searcher
-from unitune.search.storage import check_tune_storage, open_storage, optuna_storage_url, tune_storage
+from unitune.search.storage import check_tune_storage, open_storage, tune_storage
 from unitune.search.trial import TrialSetup, run_trial, trial_resources
-from unitune.tracking import Tracker, sqlite_lock
+from unitune.tracking import Tracker
 
-MAX_SEARCHES = 10_000        # ids tried per job and space
+MAX_SEARCHES = 10_000  # ids tried per job and space
 
 
 @dataclass
@@ -56,7 +54,7 @@ class SearchResult:
     experiment: str
     summary: dict
     resumed: bool
-    signal: int | None = None   # the signal that interrupted the search, if any
+    signal: int | None = None  # the signal that interrupted the search, if any
 
     @property
     def interrupted(self) -> bool:
@@ -68,9 +66,15 @@ def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
     nor where it runs, caches and logs (``ray``, ``tracking``, ``search.storage``, the
     space's path, the synthetic data's and the feature cache's directories), so a submitted
     search unpacked in another directory on the cluster is the same search."""
-    what = job.model_dump(mode="json", exclude={
-        "ray": True, "tracking": True, "search": {"storage", "space"},
-        "data": {"feature_cache": True, "synthetic": {"cache_dir"}}})
+    what = job.model_dump(
+        mode="json",
+        exclude={
+            "ray": True,
+            "tracking": True,
+            "search": {"storage", "space"},
+            "data": {"feature_cache": True, "synthetic": {"cache_dir"}},
+        },
+    )
     payload = json.dumps([what, space.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:8]
 
@@ -100,7 +104,7 @@ def init_ray(address: str | None) -> bool:
     # Every trial checkpoint forces a snapshot of the experiment state (num_to_keep=1): that
     # keeps a resume exact; Tune would warn about it at every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    probes.bound_server_retries()   # a tracking server's restart is waited out (see unitune.probes)
+    probes.bound_server_retries()  # a tracking server's restart is waited out (see unitune.probes)
     return cluster.init_ray(address)
 
 
@@ -138,8 +142,7 @@ def find_unfinished(tracker: Tracker, experiment: str, key: str) -> tuple[str, s
     return run.data.tags[T.SEARCH], run.info.run_id
 
 
-def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
-               space: SearchSpaceSpec) -> int:
+def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str, space: SearchSpaceSpec) -> int:
     """Copy the finished trials (COMPLETE, and PRUNED as pruned) of study ``source`` that fit
     ``space`` into study ``target``. Returns the number of trials copied.
 
@@ -161,20 +164,32 @@ def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str,
             continue
         if t.state == optuna.trial.TrialState.COMPLETE and len(t.values) != len(directions):
             continue
-        copied.append(optuna.trial.create_trial(
-            state=t.state, params=t.params, distributions=t.distributions,
-            values=t.values,   # a pruned trial's: its last intermediate value
-            intermediate_values=t.intermediate_values,
-            user_attrs={**{k: v for k, v in t.user_attrs.items() if k != "trial_id"},
-                        "warm_start_from": source}))
+        copied.append(
+            optuna.trial.create_trial(
+                state=t.state,
+                params=t.params,
+                distributions=t.distributions,
+                values=t.values,  # a pruned trial's: its last intermediate value
+                intermediate_values=t.intermediate_values,
+                user_attrs={**{k: v for k, v in t.user_attrs.items() if k != "trial_id"}, "warm_start_from": source},
+            )
+        )
     new.add_trials(copied)
     return len(copied)
 
 
-def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = None,
-               warm_start_from: str | None = None, train_fn: Callable | None = None,
-               callbacks: list | None = None, verbose: bool = True, resume: bool = False,
-               resume_hint: str | None = None) -> SearchResult:
+def run_search(
+    job: JobSpec,
+    space: SearchSpaceSpec,
+    *,
+    address: str | None = None,
+    warm_start_from: str | None = None,
+    train_fn: Callable | None = None,
+    callbacks: list | None = None,
+    verbose: bool = True,
+    resume: bool = False,
+    resume_hint: str | None = None,
+) -> SearchResult:
     """Run (or resume) the search of ``space`` over ``job``; return its summary.
 
     Args:
@@ -208,16 +223,20 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     storage_path = tune_storage(job.search.storage)
     found = find_unfinished(tracker, experiment, key) if resume else None
     if resume and found is None:
-        raise UserError(f"--resume: no interrupted search of experiment {experiment!r} with this job "
-                        f"and space in {tracker.uri}; run without --resume")
+        raise UserError(
+            f"--resume: no interrupted search of experiment {experiment!r} with this job "
+            f"and space in {tracker.uri}; run without --resume"
+        )
     if found is not None:
         exp_dir = f"{storage_path.rstrip('/')}/{found[0]}"
         if not tune.Tuner.can_restore(exp_dir):
-            raise UserError(f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
-                            "started in another directory, or on a cluster without search.storage)")
+            raise UserError(
+                f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
+                "started in another directory, or on a cluster without search.storage)"
+            )
     from unitune import features
 
-    features.check(base)   # cache refusals (unwritable directory, augmentation) before Ray starts
+    features.check(base)  # cache refusals (unwritable directory, augmentation) before Ray starts
     started_ray = init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
     terminal.adopt_library_loggers()  # Ray's and Optuna's loggers, now imported: to the log file
     # What the frozen layers compute, once for every trial (trials that sample a different
@@ -232,8 +251,12 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
             cluster.shutdown_ray()
         raise
     if verbose and cache["feature_cache_dir"] is not None:
-        print(f"unitune: feature cache ready in {cache['feature_cache_s']:.1f} s ({cache['entries_built']} built, "
-              f"{cache['entries_reused']} reused, {cache['bytes'] / 2**20:.1f} MiB)", file=sys.stderr, flush=True)
+        print(
+            f"unitune: feature cache ready in {cache['feature_cache_s']:.1f} s ({cache['entries_built']} built, "
+            f"{cache['entries_reused']} reused, {cache['bytes'] / 2**20:.1f} MiB)",
+            file=sys.stderr,
+            flush=True,
+        )
     storage = open_storage(tracker)
     if found is None:
         search_id = allocate_search(tracker, storage, experiment, f"{job.name}-{space_name(space)}-{key}", space)
@@ -247,22 +270,33 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         tracker.set_tags(parent, {T.STATE: "running"})
 
     if found is None and cache["feature_cache_dir"] is not None:
-        tracker.log_metrics(parent, {k: cache[k] for k in ("feature_cache_s", "entries_built", "entries_reused")}
-                            | {"feature_cache_bytes": cache["bytes"]}, step=0)
+        tracker.log_metrics(
+            parent,
+            {k: cache[k] for k in ("feature_cache_s", "entries_built", "entries_reused")}
+            | {"feature_cache_bytes": cache["bytes"]},
+            step=0,
+        )
         tracker.set_tags(parent, {"unitune.feature_cache_dir": cache["feature_cache_dir"]})
 
     metrics, modes = space.objective_names()
     steps = None
-    if verbose and space.max_concurrent == 1:   # one trial at a time: its in-epoch progress bar
+    if verbose and space.max_concurrent == 1:  # one trial at a time: its in-epoch progress bar
         from unitune.progress import StepProgress
 
         steps = StepProgress(base.train.epochs, own_display=False)
-    setup = TrialSetup(job=base, tracker=tracker, experiment=experiment, search_id=search_id,
-                       parent_run_id=parent, objectives=list(zip(metrics, modes)),
-                       target=space.target, storage_path=storage_path, train_fn=train_fn,
-                       on_step=steps.reporter if steps is not None else None,
-                       env={**{k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")},
-                            **probes.bound_server_retries()})
+    setup = TrialSetup(
+        job=base,
+        tracker=tracker,
+        experiment=experiment,
+        search_id=search_id,
+        parent_run_id=parent,
+        objectives=list(zip(metrics, modes)),
+        target=space.target,
+        storage_path=storage_path,
+        train_fn=train_fn,
+        on_step=steps.reporter if steps is not None else None,
+        env={**{k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")}, **probes.bound_server_retries()},
+    )
     study = optuna.load_study(study_name=search_id, storage=storage)
     recorder = Recorder(setup, study, list(space.params))
     driver_cb = DriverCallback(recorder, space, verbose=verbose, steps=steps)
@@ -281,19 +315,29 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
         with interrupt:
             trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
             if found is not None:
-                tuner = tune.Tuner.restore(f"{storage_path.rstrip('/')}/{search_id}", trainable,
-                                           resume_unfinished=True, resume_errored=False, restart_errored=False)
+                tuner = tune.Tuner.restore(
+                    f"{storage_path.rstrip('/')}/{search_id}",
+                    trainable,
+                    resume_unfinished=True,
+                    resume_errored=False,
+                    restart_errored=False,
+                )
             else:
-                tuner = tune.Tuner(trainable, tune_config=_tune_config(space, search_id, storage),
-                                   run_config=tune.RunConfig(
-                                       name=search_id, storage_path=storage_path,
-                                       # result.json per trial: what Tune's ResultGrid reads back
-                                       callbacks=[driver_cb, JsonLoggerCallback(), *(callbacks or [])],
-                                       # a trial whose process dies is retried from its checkpoint
-                                       failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
-                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                       verbose=0))
-            with terminal.to_log(), steps or contextlib.nullcontext():   # to_log: Tune's box
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=_tune_config(space, search_id, storage),
+                    run_config=tune.RunConfig(
+                        name=search_id,
+                        storage_path=storage_path,
+                        # result.json per trial: what Tune's ResultGrid reads back
+                        callbacks=[driver_cb, JsonLoggerCallback(), *(callbacks or [])],
+                        # a trial whose process dies is retried from its checkpoint
+                        failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        verbose=0,
+                    ),
+                )
+            with terminal.to_log(), steps or contextlib.nullcontext():  # to_log: Tune's box
                 tuner.fit()
         if interrupt.signal is None and _all_final(recorder, space.num_trials):
             state = "completed"
@@ -314,19 +358,37 @@ def run_search(job: JobSpec, space: SearchSpaceSpec, *, address: str | None = No
     return SearchResult(search_id, parent, experiment, summary, found is not None, interrupt.signal)
 
 
-def _start_parent(tracker: Tracker, job: JobSpec, space: SearchSpaceSpec, base: JobSpec,
-                  search_id: str, key: str, storage) -> str:
-    parent = tracker.start_run(job.experiment, search_id, tags={
-        T.SEARCH: search_id, T.ROLE: "search", T.STATE: "running", T.SEARCH_KEY: key,
-        "unitune.job_file": str(job.source or ""), "unitune.space_file": str(space.source or ""),
-        "unitune.optuna_storage": mask_uri(storage.url), "unitune.optuna_study": search_id,
-    })
+def _start_parent(
+    tracker: Tracker, job: JobSpec, space: SearchSpaceSpec, base: JobSpec, search_id: str, key: str, storage
+) -> str:
+    parent = tracker.start_run(
+        job.experiment,
+        search_id,
+        tags={
+            T.SEARCH: search_id,
+            T.ROLE: "search",
+            T.STATE: "running",
+            T.SEARCH_KEY: key,
+            "unitune.job_file": str(job.source or ""),
+            "unitune.space_file": str(space.source or ""),
+            "unitune.optuna_storage": mask_uri(storage.url),
+            "unitune.optuna_study": search_id,
+        },
+    )
     metrics, modes = space.objective_names()
-    tracker.log_params(parent, {"metric": space.metric, "mode": space.mode, "num_trials": space.num_trials,
-                                "max_concurrent": space.max_concurrent, "seed": space.seed,
-                                "target": space.target, **{f"fixed.{k}": v for k, v in space.fixed.items()},
-                                **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))}
-                                   if space.objectives else {})})
+    tracker.log_params(
+        parent,
+        {
+            "metric": space.metric,
+            "mode": space.mode,
+            "num_trials": space.num_trials,
+            "max_concurrent": space.max_concurrent,
+            "seed": space.seed,
+            "target": space.target,
+            **{f"fixed.{k}": v for k, v in space.fixed.items()},
+            **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))} if space.objectives else {}),
+        },
+    )
     tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False), T.BASE_JOB_ARTIFACT)
     return parent
 
@@ -341,15 +403,18 @@ def _all_final(recorder: Recorder, num_trials: int) -> bool:
 def _log_headline(tracker: Tracker, parent: str, summary: dict) -> None:
     """The parent's metrics: best value, trials per state, trial-epochs spent (runs table)."""
     trials = summary["trials"]
-    metrics = {f"trials_{s}": sum(t["state"] == s for t in trials)
-               for s in ("completed", "stopped_by_asha", "failed", "interrupted")}
+    metrics = {
+        f"trials_{s}": sum(t["state"] == s for t in trials)
+        for s in ("completed", "stopped_by_asha", "failed", "interrupted")
+    }
     metrics["trial_epochs"] = sum(int(t["epochs_run"] or 0) for t in trials)
     if summary["best"] is not None:
         metrics[f"best_{summary['metric']}"] = summary["best"]["metrics"]["best_value"]
     tracker.log_metrics(parent, metrics, step=0)
     if summary["best"] is not None:
-        tracker.set_tags(parent, {"unitune.best_trial": summary["best"]["trial_id"],
-                                  "unitune.best_run": summary["best"]["run_id"]})
+        tracker.set_tags(
+            parent, {"unitune.best_trial": summary["best"]["trial_id"], "unitune.best_run": summary["best"]["run_id"]}
+        )
 
 
 def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
@@ -358,10 +423,18 @@ def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
 
     scheduler = FIFOScheduler()
     if space.asha is not None:
-        scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode,
-                                  max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
-                                  reduction_factor=space.asha.reduction_factor)
-    return tune.TuneConfig(search_alg=make_searcher(space, study_name=search_id, storage=storage),
-                           scheduler=scheduler, num_samples=space.num_trials,
-                           max_concurrent_trials=space.max_concurrent,
-                           reuse_actors=True)  # imports (torch, mlflow) once per trial process
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=space.metric,
+            mode=space.mode,
+            max_t=space.asha.max_epochs,
+            grace_period=space.asha.grace_period,
+            reduction_factor=space.asha.reduction_factor,
+        )
+    return tune.TuneConfig(
+        search_alg=make_searcher(space, study_name=search_id, storage=storage),
+        scheduler=scheduler,
+        num_samples=space.num_trials,
+        max_concurrent_trials=space.max_concurrent,
+        reuse_actors=True,
+    )  # imports (torch, mlflow) once per trial process

@@ -30,10 +30,27 @@ from unitune import tags as T
 from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
 from unitune.search.trial import EPOCH_KEY, FAILED_KEY, NODE_KEY, TrialSetup, progress, read_curve
 
-_TUNE_KEYS = {"training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip",
-              "hostname", "pid", "time_this_iter_s", "timestamp", "date", "time_since_restore",
-              "timesteps_since_restore", "iterations_since_restore", "config",
-              "checkpoint_dir_name", "done", "trial_id", "experiment_tag", "should_checkpoint"}
+_TUNE_KEYS = {
+    "training_iteration",
+    "time_total_s",
+    "episodes_total",
+    "timesteps_total",
+    "node_ip",
+    "hostname",
+    "pid",
+    "time_this_iter_s",
+    "timestamp",
+    "date",
+    "time_since_restore",
+    "timesteps_since_restore",
+    "iterations_since_restore",
+    "config",
+    "checkpoint_dir_name",
+    "done",
+    "trial_id",
+    "experiment_tag",
+    "should_checkpoint",
+}
 
 
 def epoch_metrics(result: dict) -> dict[str, float]:
@@ -41,8 +58,11 @@ def epoch_metrics(result: dict) -> dict[str, float]:
     bookkeeping, the running convergence summary (logged once at the end) or ``epoch``
     (the MLflow step)."""
     skip = _TUNE_KEYS | set(CONVERGENCE_KEYS) | {EPOCH_KEY, FAILED_KEY}
-    return {k: float(v) for k, v in result.items()
-            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def trial_label(number: int) -> str:
@@ -52,8 +72,10 @@ def trial_label(number: int) -> str:
 
 def run_name(number: int, config: dict, params: list[str]) -> str:
     """``t03 mining=all margin=0.21 gamma=42``: distinct in its first characters."""
+
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     shown = [f"{p.rsplit('.', 1)[-1]}={fmt(config[p])}" for p in params if p in config][:4]
     return " ".join([trial_label(number), *shown])
 
@@ -105,7 +127,7 @@ class Recorder:
         if state == "failed":
             trial.set_user_attr("fail_reason", (reason or "unknown error")[:500])
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-        elif state == "stopped_by_asha":   # its value: the last intermediate value (one objective)
+        elif state == "stopped_by_asha":  # its value: the last intermediate value (one objective)
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
         elif values is not None and all(v is not None and math.isfinite(v) for v in values):
             self.study.tell(number, values if not self.single else values[0])
@@ -119,7 +141,7 @@ class Recorder:
         tracker, setup = self.setup.tracker, self.setup
         number = self.optuna_trial(trial_id).number
         run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})
-        if run_id is None:   # continued under a new Tune id after the driver died
+        if run_id is None:  # continued under a new Tune id after the driver died
             run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.OPTUNA_TRIAL: number})
             if run_id is not None:
                 old = tracker.run_tags(run_id)
@@ -127,10 +149,17 @@ class Recorder:
                 tracker.set_tags(run_id, {T.TRIAL: trial_id, T.PREVIOUS_TRIAL_IDS: chain})
         if run_id is None:
             run_id = tracker.start_run(
-                setup.experiment, run_name(number, config, self.params),
-                tags={T.SEARCH: setup.search_id, T.TRIAL: trial_id, T.OPTUNA_TRIAL: number,
-                      T.ROLE: "trial", T.STATE: "running"},
-                parent_run_id=setup.parent_run_id)
+                setup.experiment,
+                run_name(number, config, self.params),
+                tags={
+                    T.SEARCH: setup.search_id,
+                    T.TRIAL: trial_id,
+                    T.OPTUNA_TRIAL: number,
+                    T.ROLE: "trial",
+                    T.STATE: "running",
+                },
+                parent_run_id=setup.parent_run_id,
+            )
             state = "running"
         else:
             state = tracker.run_tags(run_id).get(T.STATE)
@@ -159,7 +188,7 @@ class Recorder:
         if rec.state != "running" or FAILED_KEY in result or EPOCH_KEY not in result:
             return
         node = result.get(NODE_KEY)
-        if node and rec.nodes[-1:] != [node]:   # where it runs: a retry after a lost node moves it
+        if node and rec.nodes[-1:] != [node]:  # where it runs: a retry after a lost node moves it
             rec.nodes.append(node)
             self.setup.tracker.set_tags(rec.run_id, {T.RAY_NODES: ",".join(rec.nodes)})
         epoch = int(result[EPOCH_KEY])
@@ -173,8 +202,9 @@ class Recorder:
             if not frozen.state.is_finished() and epoch not in frozen.intermediate_values:
                 optuna.trial.Trial(self.study, frozen._trial_id).report(float(value), epoch)
 
-    def finish(self, trial_id: str, config: dict, state: str, *, last: dict | None = None,
-               error: str | None = None) -> str:
+    def finish(
+        self, trial_id: str, config: dict, state: str, *, last: dict | None = None, error: str | None = None
+    ) -> str:
         """Close a trial's record with ``state``; returns the state the record holds (a final
         record from before a resume stands)."""
         rec = self._open(trial_id, config)
@@ -214,8 +244,9 @@ class Recorder:
                 if rec is not None and rec.state in T.DONE_STATES:
                     continue
                 if rec is None:
-                    self.runs[trial_id] = rec = _Open(run.info.run_id, int(run.data.tags.get(T.OPTUNA_TRIAL, -1)),
-                                                      tag or "running")
+                    self.runs[trial_id] = rec = _Open(
+                        run.info.run_id, int(run.data.tags.get(T.OPTUNA_TRIAL, -1)), tag or "running"
+                    )
                 if rec.state == "running":
                     self.finish(trial_id, {}, "interrupted")
                 else:

@@ -51,7 +51,7 @@ def check_tune_storage(storage: str | None) -> None:
     where = tune_storage(storage)
     if "://" in where:
         if where.startswith("file://"):
-            where = where[len("file://"):]
+            where = where[len("file://") :]
         else:
             try:
                 import pyarrow.fs
@@ -85,7 +85,7 @@ def optuna_storage_url(tracking_uri: str) -> str:
         return os.environ[OPTUNA_STORAGE_ENV]
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.db")
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///") :]).parent / "optuna.db")
     if parsed.scheme == "file":
         return "sqlite:///" + str(Path(parsed.path).parent / "optuna.db")
     return "sqlite:///" + str(Path.cwd() / "optuna.db")

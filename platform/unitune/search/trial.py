@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from unitune import tags as T
 from unitune.config import JobSpec, apply_overrides
@@ -38,8 +38,8 @@ from unitune.tracking import Tracker, numeric
 
 TIME_KEY = "train_time_s"
 EPOCH_KEY = "epoch"
-FAILED_KEY = "unitune_error"           # a trial's last report when the job itself failed
-NODE_KEY = "ray_node_id"               # the Ray node a one-worker trial's report comes from
+FAILED_KEY = "unitune_error"  # a trial's last report when the job itself failed
+NODE_KEY = "ray_node_id"  # the Ray node a one-worker trial's report comes from
 
 
 @dataclass
@@ -61,7 +61,7 @@ class TrialSetup:
     target: float | None
     storage_path: str
     train_fn: Callable | None = None
-    on_step: Callable | None = None   # the driver's step reporter (a search of one trial at a time)
+    on_step: Callable | None = None  # the driver's step reporter (a search of one trial at a time)
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -75,8 +75,7 @@ class TrialSetup:
 
 def progress(setup: TrialSetup, curve: list[dict]) -> dict:
     """Convergence speed of ``curve`` over the search's epoch budget."""
-    return convergence_summary(curve, setup.metric, setup.mode, setup.target, TIME_KEY,
-                               budget=setup.job.train.epochs)
+    return convergence_summary(curve, setup.metric, setup.mode, setup.target, TIME_KEY, budget=setup.job.train.epochs)
 
 
 def error_message(exc: BaseException) -> str:
@@ -121,7 +120,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})
     curve = read_curve(tracker, run_id, [m for m, _ in setup.objectives]) if run_id else []
     if run_id is not None and tracker.run_tags(run_id).get(T.STATE) in T.DONE_STATES:
-        if curve:   # its record is final (closed before the driver was killed): nothing to train
+        if curve:  # its record is final (closed before the driver was killed): nothing to train
             tune.report({**curve[-1], **progress(setup, curve)})
         return
     try:
@@ -135,8 +134,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             raise
         last = curve[-1]["epoch"] if curve else 0
         worst = -math.inf if setup.mode == "max" else math.inf
-        tune.report({EPOCH_KEY: last, FAILED_KEY: error_message(exc),
-                     **{m: worst for m, _ in setup.objectives}})
+        tune.report({EPOCH_KEY: last, FAILED_KEY: error_message(exc), **{m: worst for m, _ in setup.objectives}})
 
 
 def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> None:
@@ -170,9 +168,15 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> Non
 def _train_with_torch_trainer(setup: TrialSetup, job: JobSpec, trial_id: str) -> None:
     from unitune.train.run import build_trainer
 
-    trainer = build_trainer(job, name=f"{setup.search_id}-{trial_id}", storage_path=setup.storage_path,
-                            callbacks=[progress_report(setup)], evaluate_test=False, save_model=False,
-                            on_step=setup.on_step)
+    trainer = build_trainer(
+        job,
+        name=f"{setup.search_id}-{trial_id}",
+        storage_path=setup.storage_path,
+        callbacks=[progress_report(setup)],
+        evaluate_test=False,
+        save_model=False,
+        on_step=setup.on_step,
+    )
     trainer.fit()
 
 
@@ -204,4 +208,4 @@ def trial_resources(job: JobSpec) -> dict:
     res = job.resources
     if res.num_workers == 1:
         return {"cpu": res.cpu_per_worker, "gpu": res.gpu_per_worker if res.use_gpu else 0}
-    return {"cpu": 0, "memory": 512 * 1024 ** 2}
+    return {"cpu": 0, "memory": 512 * 1024**2}
