@@ -19,8 +19,8 @@ cut into blocks of whole groups of at most ``chunk_size`` items (a single group 
 than that makes a block of its own); a tile holds one block's items against another
 block's captions, so at most ``chunk_size x (captions of chunk_size items)`` similarity
 entries exist at a time (with a few temporaries of the tile's size and per-anchor
-vectors). All ground truths of a block lie in its diagonal tile, so the diagonal tiles are visited first to find the best ground-truth
-scores; every tile is computed exactly once.
+vectors). All ground truths of a block lie in its diagonal tile, so the diagonal tiles are
+visited first to find the best ground-truth scores; every tile is computed exactly once.
 
 Exactness: ``retrieval_ranks(sim)`` gives the same ranks for every ``chunk_size`` (tiles
 are slices of ``sim``). From embeddings each similarity is one matrix product and the
