@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-NAME = "embedder"         # the logged model's name on its run
-ARTIFACT = "model"        # the save_model directory inside the MLflow model
-ENTRY = Path(__file__).with_name("pyfunc_entry.py")   # MLflow's models-from-code file
+NAME = "embedder"  # the logged model's name on its run
+ARTIFACT = "model"  # the save_model directory inside the MLflow model
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # MLflow's models-from-code file
 BATCH = 64
 
 
@@ -74,7 +74,7 @@ def embed_rows(model, transform, frame: pd.DataFrame) -> np.ndarray:
     rows_i, rows_c = np.flatnonzero(has_image), np.flatnonzero(has_caption)
     with torch.no_grad():
         for start in range(0, rows_i.size, BATCH):
-            rows = rows_i[start:start + BATCH]
+            rows = rows_i[start : start + BATCH]
             pixels = []
             for row in rows:
                 try:
@@ -83,14 +83,14 @@ def embed_rows(model, transform, frame: pd.DataFrame) -> np.ndarray:
                     raise ValueError(f"row {int(row)}: 'image' is not a decodable image file ({exc})") from None
             out[rows] = model.encode_image(torch.stack(pixels)).float().numpy()
         for start in range(0, rows_c.size, BATCH):
-            rows = rows_c[start:start + BATCH]
+            rows = rows_c[start : start + BATCH]
             tokens = model.tokenize([str(captions.iloc[row]) for row in rows])
             out[rows] = model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().numpy()
     return out
 
 
 def _present(value) -> bool:
-    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))   # None, NaN, pd.NA
+    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))  # None, NaN, pd.NA
 
 
 def signature(embed_dim: int):
@@ -101,7 +101,8 @@ def signature(embed_dim: int):
 
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image", required=False), ColSpec("string", "caption", required=False)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embed_dim))]))
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embed_dim))]),
+    )
 
 
 def requirements() -> list[str]:
@@ -109,7 +110,7 @@ def requirements() -> list[str]:
     from importlib.metadata import version
 
     names = ("unitune", "torch", "transformers", "pillow", "pandas")
-    return [f"{name}=={version(name).split('+')[0]}" for name in names]   # torch 2.13.0+cpu -> 2.13.0
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]  # torch 2.13.0+cpu -> 2.13.0
 
 
 def log(tracker, run_id: str, model_dir: str | Path, *, step: int, register_as: str | None = None):
@@ -121,9 +122,17 @@ def log(tracker, run_id: str, model_dir: str | Path, *, step: int, register_as: 
     from unitune.models import load_model
 
     embed_dim = load_model(model_dir).embed_dim
-    return tracker.log_model(run_id, NAME, flavor=mlflow.pyfunc, step=step, register_as=register_as,
-                             python_model=str(ENTRY), artifacts={ARTIFACT: str(model_dir)},
-                             signature=signature(embed_dim), pip_requirements=requirements())
+    return tracker.log_model(
+        run_id,
+        NAME,
+        flavor=mlflow.pyfunc,
+        step=step,
+        register_as=register_as,
+        python_model=str(ENTRY),
+        artifacts={ARTIFACT: str(model_dir)},
+        signature=signature(embed_dim),
+        pip_requirements=requirements(),
+    )
 
 
 def local_model_dir(ref: str, tracking_uri: str | None = None, dst: str | None = None) -> Path:
@@ -146,7 +155,8 @@ def local_model_dir(ref: str, tracking_uri: str | None = None, dst: str | None =
 
         try:
             path = Tracker(tracking_uri or mlflow.get_tracking_uri()).download(
-                ref, dst or tempfile.mkdtemp(prefix="unitune-model-"))
+                ref, dst or tempfile.mkdtemp(prefix="unitune-model-")
+            )
         except (MlflowException, OSError) as exc:
             raise UserError(f"{ref}: cannot download the model ({first_line(exc)})") from None
     if (path / "MLmodel").is_file():

@@ -124,8 +124,10 @@ def _trials_table(frame) -> str:
         ("normalized_auc", "auc"),
     ]
     # The run name's first word (``t03``): the rest of it repeats the parameter columns.
-    rows = [[str(r[c]).split(" ", 1)[0] if c == "run_name" else _cell(r[c]) for c, _ in columns]
-            for _, r in frame.iterrows()]
+    rows = [
+        [str(r[c]).split(" ", 1)[0] if c == "run_name" else _cell(r[c]) for c, _ in columns]
+        for _, r in frame.iterrows()
+    ]
     numeric = [c not in ("run_name", "state") and frame[c].map(_is_number).all() for c, _ in columns]
     order = a.get("sorted_by", f"best {metric} ({a['mode']})")
     title = f"search {a['search_id']} (experiment {a['experiment']}): {len(frame)} trials, by {order}"

@@ -239,8 +239,14 @@ class DriverCallback(Callback):
         if final:
             rows.sort(key=sort_key(self.mode))
         cells = [
-            [row["name"], STATE_TEXT.get(row["state"], row["state"]), *(fmt(row["config"].get(k)) for k in self.params),
-             fmt(row.get("epoch")), fmt(row.get("value")), fmt(row.get("best"))]
+            [
+                row["name"],
+                STATE_TEXT.get(row["state"], row["state"]),
+                *(fmt(row["config"].get(k)) for k in self.params),
+                fmt(row.get("epoch")),
+                fmt(row.get("value")),
+                fmt(row.get("best")),
+            ]
             for row in rows
         ]
         for i, head in enumerate(heads):
