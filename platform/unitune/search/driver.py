@@ -263,7 +263,7 @@ def run_search(
         parent = _start_parent(tracker, job, space, base, search_id, key, storage)
         if warm_start_from:
             copied = warm_start(storage, warm_start_from, search_id, space)
-            tracker.set_tags(parent, {"unitune.warm_start_from": warm_start_from, "unitune.warm_start_trials": copied})
+            tracker.set_tags(parent, {T.WARM_START_FROM: warm_start_from, T.WARM_START_TRIALS: copied})
     else:
         search_id, parent = found
         tracker.reopen_run(parent)
@@ -276,7 +276,7 @@ def run_search(
             | {"feature_cache_bytes": cache["bytes"]},
             step=0,
         )
-        tracker.set_tags(parent, {"unitune.feature_cache_dir": cache["feature_cache_dir"]})
+        tracker.set_tags(parent, {T.FEATURE_CACHE_DIR: cache["feature_cache_dir"]})
 
     metrics, modes = space.objective_names()
     steps = None
@@ -369,10 +369,10 @@ def _start_parent(
             T.ROLE: "search",
             T.STATE: "running",
             T.SEARCH_KEY: key,
-            "unitune.job_file": str(job.source or ""),
-            "unitune.space_file": str(space.source or ""),
-            "unitune.optuna_storage": mask_uri(storage.url),
-            "unitune.optuna_study": search_id,
+            T.JOB_FILE: str(job.source or ""),
+            T.SPACE_FILE: str(space.source or ""),
+            T.OPTUNA_STORAGE: mask_uri(storage.url),
+            T.OPTUNA_STUDY: search_id,
         },
     )
     metrics, modes = space.objective_names()
@@ -412,9 +412,7 @@ def _log_headline(tracker: Tracker, parent: str, summary: dict) -> None:
         metrics[f"best_{summary['metric']}"] = summary["best"]["metrics"]["best_value"]
     tracker.log_metrics(parent, metrics, step=0)
     if summary["best"] is not None:
-        tracker.set_tags(
-            parent, {"unitune.best_trial": summary["best"]["trial_id"], "unitune.best_run": summary["best"]["run_id"]}
-        )
+        tracker.set_tags(parent, {T.BEST_TRIAL: summary["best"]["trial_id"], T.BEST_RUN: summary["best"]["run_id"]})
 
 
 def _tune_config(space: SearchSpaceSpec, search_id: str, storage):

@@ -10,6 +10,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from unitune import tags as T
 from unitune.search.convergence import convergence_summary
 from unitune.study.stats import Interval, interval, paired_difference, verdict
 
@@ -324,6 +325,6 @@ def write_report(tracker, plan, result, *, command: str | None = None, out=print
     tracker.log_metrics(result.run_id, headline_metrics(plan, rows), step=0)
     best = best_family(plan, rows)
     if best is not None:
-        tracker.set_tags(result.run_id, {"unitune.best_family": best})
+        tracker.set_tags(result.run_id, {T.BEST_FAMILY: best})
     out(text)
     return text

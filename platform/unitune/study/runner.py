@@ -138,8 +138,8 @@ def run_study(
                 T.ROLE: "study",
                 T.STUDY: study_id,
                 T.STATE: "running",
-                "unitune.job_file": str(job.source or ""),
-                "unitune.reference_family": plan.reference.name,
+                T.JOB_FILE: str(job.source or ""),
+                T.REFERENCE_FAMILY: plan.reference.name,
                 "mlflow.note.content": (
                     f"unitune study {study_id}: filter the runs with tags.`{T.STUDY}` = '{study_id}'"
                 ),
@@ -230,7 +230,7 @@ def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) 
     trials = export.finished_trials(tracker, parent, search_id, [plan.metric])
     best = export.select(trials, None, plan.metric, plan.mode, search_id)
     children = tracker.search_runs(plan.job.experiment, {T.SEARCH: search_id, T.ROLE: "trial"})
-    trial_epochs = sum(int(r.data.tags.get("unitune.epochs_run", 0) or 0) for r in children)
+    trial_epochs = sum(int(r.data.tags.get(T.EPOCHS_RUN, 0) or 0) for r in children)
     info = parent.info
     wall = ((info.end_time or info.start_time) - info.start_time) / 1000.0
     return SearchOutcome(

@@ -29,6 +29,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from unitune.choices import RETRIEVAL_METRIC_KEYS
+from unitune import tags as T
 from unitune import terminal
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
@@ -182,8 +183,8 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         if started_ray:
             shutdown_ray()
         raise
-    source = {"unitune.source_run": job.tracking.source_run} if job.tracking.source_run else {}
-    run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={"unitune.kind": "train", **source})
+    source = {T.SOURCE_RUN: job.tracking.source_run} if job.tracking.source_run else {}
+    run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={T.KIND: "train", **source})
     status = "FAILED"
     try:
         # Params are shown to everyone who opens the run: credentials in URIs masked.
@@ -224,7 +225,7 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         status = "KILLED"
         raise KeyboardInterrupt from None
     except Exception as exc:
-        tracker.set_tags(run_id, {"unitune.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.set_tags(run_id, {T.ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
         raise worker_user_error(exc) or exc
     finally:
         tracker.end_run(run_id, status)
