@@ -18,7 +18,8 @@ from unitune.cli import main
 A, B = "demo-unified-aaaa1111", "demo-unified-bbbb2222"   # B is the older search
 # name, state, epochs_run tag, params, rsum per epoch from 0, convergence metrics, error
 TRIALS_A = [
-    ("t00 all m=0.175", "completed", 3, {"loss.margin": 0.175034884505077, "loss.mining": "all", "optim.lr": 0.000312345},
+    ("t00 all m=0.175", "completed", 3,
+     {"loss.margin": 0.175034884505077, "loss.mining": "all", "optim.lr": 0.000312345},
      [100.0, 200.0, 250.0, 240.0], {"epochs_to_target": 2, "seconds_to_target": 12.4567,
                                     "epochs_to_90pct_best": 2, "normalized_auc": 0.41234}, None),
     ("t01 hardest m=0.3", "stopped_by_asha", 1, {"loss.margin": 0.3, "loss.mining": "hardest", "optim.lr": 0.001},
@@ -104,7 +105,8 @@ def test_compare_dataframe(store):
     # Finished trials only (completed, stopped by ASHA): A 250 and 150, B 180.
     assert (a["best"], a["median"], a["best_trial"]) == (250.0, 200.0, "t00 all m=0.175")
     assert (b["best"], b["median"], b["best_trial"]) == (180.0, 180.0, "t00 all m=0.1")
-    assert (a["trials"], a["completed"], a["stopped_by_asha"], a["failed"], a["running"], a["interrupted"]) == (4, 1, 1, 1, 1, 0)
+    counts = ("trials", "completed", "stopped_by_asha", "failed", "running", "interrupted")
+    assert tuple(a[c] for c in counts) == (4, 1, 1, 1, 1, 0)
     assert (b["trials"], b["completed"], b["interrupted"]) == (2, 1, 1)
     assert (a["trial_epochs"], b["trial_epochs"]) == (3 + 1 + 1 + 1, 3 + 2)
 

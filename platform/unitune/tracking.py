@@ -39,6 +39,7 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = T.INF_PREFIX
 PARENT_TAG = T.PARENT
 EXPERIMENT_KIND_TAG = T.EXPERIMENT_KIND
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 _BATCH = 100  # MLflow's per-request limit on params and tags (metrics: 1000)
 # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: that URI may hold a
 # password, and unitune prints its own (masked) run link.
@@ -318,8 +319,16 @@ class Tracker:
         ``models:/NAME/VERSION``, ``models:/MODEL_ID``) into ``dst``; -> the local path."""
         import mlflow.artifacts
 
-        with self._as_global_store():
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        saved = os.environ.get(_PROGRESS_BAR)
+        os.environ[_PROGRESS_BAR] = "false"  # no progress bar per file on the user's terminal
+        try:
+            with self._as_global_store():
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        finally:
+            if saved is None:
+                os.environ.pop(_PROGRESS_BAR, None)
+            else:
+                os.environ[_PROGRESS_BAR] = saved
 
     def _as_global_store(self):
         """MLflow's model logging and ``models:/`` URIs read the global tracking (and registry)
