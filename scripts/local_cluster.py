@@ -39,7 +39,7 @@ HOST = "127.0.0.1"
 ENV_FILE = "cluster.env"
 PG_USER = "unitune"
 DATABASES = ("mlflow", "optuna")
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 600   # each process; a busy 2-core machine starts Ray in minutes
 BIN = Path(sys.executable).parent   # mlflow and ray of this Python's environment
 # `ray start` for a node that joins on 127.0.0.1 and stays there (see start_ray).
 RAY_START_LOOPBACK = ("import sys; from ray._private import services; "
@@ -210,7 +210,7 @@ def start_ray(root: Path, pids: dict, env: dict) -> None:
     # Ray's socket paths are limited to ~100 characters: a short temp dir of its own.
     temp = tempfile.mkdtemp(prefix="utc_ray", dir="/tmp")
     # A busy machine registers a node slowly (Ray's default wait: 30 s).
-    ray_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_raylet_start_wait_time_s": "180"}
+    ray_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_raylet_start_wait_time_s": "600"}
     for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         ray_env.pop(name, None)
     gcs, dashboard = free_port(), free_port()
