@@ -51,6 +51,7 @@ class SearchOutcome:
     trial_epochs: int
     wall_s: float
     at_bounds: list[str] = field(default_factory=list)  # best values at the edge of their range
+    best_label: str = ""  # the best trial's name in the search's table (t03)
 
 
 @dataclass
@@ -244,6 +245,7 @@ def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) 
         trial_epochs,
         wall,
         bound_warnings({"best": {"params": best.params}}, family.space),
+        next((r.info.run_name.split()[0] for r in children if r.info.run_id == best.run_id), best.trial_id),
     )
 
 
@@ -278,7 +280,7 @@ def _final_runs(
         else:
             out(
                 f"study {study_id}: training {family.name} seed {seed} for {plan.final_epochs} epochs "
-                f"(best trial {search.best_trial} of {search.search_id})"
+                f"(best trial {search.best_label or search.best_trial} of {search.search_id})"
             )
             result = train(final_job(tracker, plan, family, search, seed))
             run_id = result["run_id"]
