@@ -32,8 +32,8 @@ def test_validate_shipped_jobs(path, capsys, emoji_job_env):
         variable = {"flickr30k_clip": "FLICKR30K_ROOT", "coco_clip": "COCO_ROOT",
                     "msrvtt_clip4clip": "MSRVTT_ROOT"}[path.stem]
         assert "unitune: warning:" in err and variable in err
-    else:
-        assert err == ""
+    else:  # nothing but the preflight's progress lines, which a slow machine prints
+        assert [line for line in err.splitlines() if not line.startswith("unitune: preflight: ")] == []
 
 
 def test_validate_with_space_and_overrides_in_any_order(capsys):
