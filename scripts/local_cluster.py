@@ -231,8 +231,12 @@ def start_ray(root: Path, pids: dict, env: dict) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     # The dashboard answers before the head's raylet has registered; a node joining then fails.
     _wait("Ray head", lambda: _nodes_alive(env["RAY_DASHBOARD"], auth) >= 1, pids["RAY_HEAD_PID"], log)
+    # Its own temp dir: two nodes in one session directory unpack the job's working_dir into
+    # the same folder, and one node's runtime-env agent replaces the other's copy under it.
+    worker_temp = tempfile.mkdtemp(prefix="utc_rayw", dir="/tmp")
+    env["RAY_WORKER_TEMP_DIR"] = worker_temp
     worker = [sys.executable, "-c", RAY_START_LOOPBACK, "start", "--address", f"{HOST}:{gcs}",
-              "--node-ip-address", HOST, "--resources", json.dumps({"rehearsal_worker": 1}), *common, *_ray_ports()]
+              "--temp-dir", worker_temp, "--node-ip-address", HOST, "--resources", json.dumps({"rehearsal_worker": 1}), *common, *_ray_ports()]
     log = root / "ray_worker.log"
     pids["RAY_WORKER_PID"] = _start(worker, log, env=ray_env)
     _wait("second Ray node", lambda: _nodes_alive(env["RAY_DASHBOARD"], auth) >= 2, pids["RAY_WORKER_PID"], log)
@@ -300,7 +304,8 @@ def up(root: Path) -> Path:
     except BaseException:
         for pid in reversed(list(pids.values())):
             stop_group(pid)
-        shutil.rmtree(env.get("RAY_TEMP_DIR", root / "none"), ignore_errors=True)
+        for key in ("RAY_TEMP_DIR", "RAY_WORKER_TEMP_DIR"):
+            shutil.rmtree(env.get(key, root / "none"), ignore_errors=True)
         raise
     return write_env(root, env, pids)
 
@@ -310,7 +315,8 @@ def down(root: Path) -> None:
     for key in ("RAY_WORKER_PID", "RAY_HEAD_PID", "MLFLOW_PID", "PG_PID"):
         if env.get(key):
             stop_group(int(env[key]))
-    shutil.rmtree(env.get("RAY_TEMP_DIR", root / "none"), ignore_errors=True)
+    for key in ("RAY_TEMP_DIR", "RAY_WORKER_TEMP_DIR"):
+        shutil.rmtree(env.get(key, root / "none"), ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
