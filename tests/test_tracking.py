@@ -115,3 +115,10 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["-V"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"unitune {__version__}"
+
+
+@pytest.mark.parametrize("value", [None, True, False, 0, 3, 0.25, 1e-4, "all", "hinge_mean"])
+def test_a_logged_param_reads_back_as_the_value_it_was(value):
+    from unitune.tracking import _param_str, param_value
+
+    assert param_value(_param_str(value)) == value and type(param_value(_param_str(value))) is type(value)

@@ -405,7 +405,10 @@ def numeric(metrics: dict) -> dict[str, float]:
 
 
 def param_value(text: str):
-    """An MLflow param (a string) back to the YAML scalar it was logged from."""
+    """An MLflow param (a string) back to the YAML scalar it was logged from; ``"None"`` (how
+    ``str`` writes a null value, such as a space's fixed ``visual_trainable_layers: null``) is None."""
+    if text == "None":
+        return None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
