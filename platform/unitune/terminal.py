@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,8 +73,7 @@ def open_log(command: str, directory: Path = LOG_DIR) -> Path:
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     close_log()
-    directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = writable_folder(directory.resolve())
     path = directory / f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}.log"
     _file = logging.FileHandler(path, delay=True, encoding="utf-8")
     _file.setFormatter(logging.Formatter(FORMAT))
@@ -89,6 +89,19 @@ def open_log(command: str, directory: Path = LOG_DIR) -> Path:
     logging.captureWarnings(True)
     adopt_library_loggers()
     return path
+
+
+def writable_folder(directory: Path) -> Path:
+    """``directory`` if a file can be written there, else ``<tmp>/unitune-logs``: a read-only
+    working directory must not stop a command before its own checks name the problem."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            return directory
+    except OSError:
+        fallback = Path(tempfile.gettempdir()) / "unitune-logs"
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
 
 
 def adopt_library_loggers() -> None:
