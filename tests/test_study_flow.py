@@ -38,7 +38,8 @@ class Fakes:
         tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
         search_id = f"{job.name}-{space.source.stem}-{len(self.searches)}"
         parent = tracker.start_run(job.experiment, search_id, tags={
-            "unitune.search_id": search_id, "unitune.role": "search", "unitune.state": "running"})
+            "unitune.search_id": search_id, "unitune.role": "search", "unitune.state": "running",
+            **kw.get("tags", {})})
         tracker.log_params(parent, {"metric": space.metric, "mode": space.mode})
         base = apply_overrides(job, {**space.fixed, "train.epochs": 2})
         tracker.log_text(parent, yaml.safe_dump(base.model_dump(mode="json")), "search_job.yaml")

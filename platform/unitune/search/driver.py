@@ -189,6 +189,7 @@ def run_search(
     verbose: bool = True,
     resume: bool = False,
     resume_hint: str | None = None,
+    tags: dict | None = None,
 ) -> SearchResult:
     """Run (or resume) the search of ``space`` over ``job``; return its summary.
 
@@ -201,6 +202,7 @@ def run_search(
         train_fn: replaces ``unitune.train.run_training`` (tests).
         callbacks: more ``ray.tune.Callback``s (benchmarks); not used on resume.
         resume_hint: the command that resumes this search, printed when a signal interrupts it.
+        tags: more tags of the parent run, set when it starts (a study's id and family).
 
     Returns:
         The summary; ``result.signal`` is set when SIGINT/SIGTERM interrupted the search
@@ -261,13 +263,15 @@ def run_search(
     if found is None:
         search_id = allocate_search(tracker, storage, experiment, f"{job.name}-{space_name(space)}-{key}", space)
         parent = _start_parent(tracker, job, space, base, search_id, key, storage)
+        if tags:
+            tracker.set_tags(parent, tags)
         if warm_start_from:
             copied = warm_start(storage, warm_start_from, search_id, space)
             tracker.set_tags(parent, {T.WARM_START_FROM: warm_start_from, T.WARM_START_TRIALS: copied})
     else:
         search_id, parent = found
         tracker.reopen_run(parent)
-        tracker.set_tags(parent, {T.STATE: "running"})
+        tracker.set_tags(parent, {**(tags or {}), T.STATE: "running"})
 
     if found is None and cache["feature_cache_dir"] is not None:
         tracker.log_metrics(

@@ -204,16 +204,17 @@ def _search(
     else:
         out(f"study {study_id}: searching {family.name} ({family.path})")
         result = None
+        # Tagged when the parent starts: a search that ends in an error is still the study's.
+        links = {T.STUDY: study_id, T.FAMILY: family.name}
         if resume:
             try:
-                result = run_search(job, family.space, address=address, verbose=verbose, resume=True)
+                result = run_search(job, family.space, address=address, verbose=verbose, resume=True, tags=links)
             except UserError as exc:
                 if not str(exc).startswith("--resume:"):
                     raise
         if result is None:
-            result = run_search(job, family.space, address=address, verbose=verbose)
+            result = run_search(job, family.space, address=address, verbose=verbose, tags=links)
         parent_id = result.parent_run_id
-        tracker.set_tags(parent_id, {T.STUDY: study_id, T.FAMILY: family.name})
         if result.interrupted:  # Ctrl-C / SIGTERM inside the search: the study stops, resumable
             print(
                 "unitune: study interrupted; continue it with  unitune study JOB [same options] --resume",
