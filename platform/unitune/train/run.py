@@ -28,13 +28,12 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune import tags as T
-from unitune import terminal
+from unitune import terminal, tracking
+from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
-from unitune import tracking
 from unitune.terminal import num
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
@@ -64,10 +63,12 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 def epoch_line(report: dict, epochs: int) -> str:
     """``epoch 3/6: train loss 2.31, val rsum 301.2, 910 samples/s, 4.2 s``."""
     rsum = f"val rsum {num(report['rsum'])}" if "rsum" in report else "no validation"
-    if "train_loss" not in report:   # epoch 0: the model before training
+    if "train_loss" not in report:  # epoch 0: the model before training
         return f"epoch 0/{epochs} (before training): {rsum}"
-    return (f"epoch {report['epoch']}/{epochs}: train loss {report['train_loss']:.3f}, {rsum}, "
-            f"{report.get('samples_per_s', float('nan')):.0f} samples/s, {num(report.get('epoch_time_s'))} s")
+    return (
+        f"epoch {report['epoch']}/{epochs}: train loss {report['train_loss']:.3f}, {rsum}, "
+        f"{report.get('samples_per_s', float('nan')):.0f} samples/s, {num(report.get('epoch_time_s'))} s"
+    )
 
 
 class MlflowCallback(UserCallback):
@@ -91,13 +92,25 @@ def worker_config(job: JobSpec, *, evaluate_test: bool, save_model: bool = True,
     """The ``train_loop_config`` of the trainer: the job as plain data (its paths are
     absolute already, so workers in their own run directories find the same files); epoch 0
     (the model before training) is reported first; ``on_step``: rank 0's step reporter."""
-    return {"job": job.model_dump(mode="json"), "evaluate_test": evaluate_test, "save_model": save_model,
-            "report_epoch_0": True, "on_step": on_step}
+    return {
+        "job": job.model_dump(mode="json"),
+        "evaluate_test": evaluate_test,
+        "save_model": save_model,
+        "report_epoch_0": True,
+        "on_step": on_step,
+    }
 
 
-def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
-                  callbacks: list | None = None, evaluate_test: bool = True,
-                  save_model: bool = True, on_step=None) -> TorchTrainer:
+def build_trainer(
+    job: JobSpec,
+    *,
+    name: str,
+    storage_path: str | os.PathLike,
+    callbacks: list | None = None,
+    evaluate_test: bool = True,
+    save_model: bool = True,
+    on_step=None,
+) -> TorchTrainer:
     """One ``TorchTrainer`` with the job's resources, checkpoints and retry budget, for
     ``unitune train`` and for multi-worker search trials (``save_model=False``: their
     checkpoints hold the trainable state only).
@@ -109,10 +122,8 @@ def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
     env = {k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=worker_config(job, evaluate_test=evaluate_test, save_model=save_model,
-                                        on_step=on_step),
-        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker=per_worker),
+        train_loop_config=worker_config(job, evaluate_test=evaluate_test, save_model=save_model, on_step=on_step),
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
@@ -129,6 +140,7 @@ def build_trainer(job: JobSpec, *, name: str, storage_path: str | os.PathLike,
 
 def format_table(metrics: dict) -> str:
     """Final metrics: one row per retrieval metric, validation and (if present) test."""
+
     def cell(value) -> str:
         return "-" if value is None else f"{value:.2f}" if math.isfinite(value) else str(value)
 
@@ -136,8 +148,10 @@ def format_table(metrics: dict) -> str:
     for key in TABLE_KEYS:
         if key in metrics or f"test_{key}" in metrics:
             lines.append(f"{key:<10} {cell(metrics.get(key)):>9} {cell(metrics.get(f'test_{key}')):>9}")
-    lines.append(f"epochs {num(metrics.get('epoch'))}, train loss {num(metrics.get('train_loss'))}, "
-                 f"train time {num(metrics.get('train_time_s'))} s")
+    lines.append(
+        f"epochs {num(metrics.get('epoch'))}, train loss {num(metrics.get('train_loss'))}, "
+        f"train time {num(metrics.get('train_time_s'))} s"
+    )
     return "\n".join(lines)
 
 
@@ -171,14 +185,14 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     tracker.check(job.ray.address, job.experiment)
     from unitune import features
 
-    features.check(job)   # cache refusals before Ray starts
+    features.check(job)  # cache refusals before Ray starts
     # Ray before the MLflow run: an unreachable cluster leaves no failed run behind. The
     # workers' and the controller's output stays in Ray's logs: the driver prints the epochs.
     started_ray = init_ray(job.ray.address)
     terminal.adopt_library_loggers()
     try:
         check_fits(job, job.ray.address)
-        cache = features.prepare(job, splits=("train", "val", "test"))   # once, before the run
+        cache = features.prepare(job, splits=("train", "val", "test"))  # once, before the run
     except BaseException:
         if started_ray:
             shutdown_ray()
@@ -189,18 +203,25 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     try:
         # Params are shown to everyone who opens the run: credentials in URIs masked.
         if cache["feature_cache_dir"] is not None:
-            tracker.log_metrics(run_id, {"feature_cache_s": cache["feature_cache_s"],
-                                         "feature_cache_bytes": cache["bytes"]}, step=0)
-        tracker.log_params(run_id, {k: redact(v) if isinstance(v, str) else v
-                                    for k, v in flatten(job.model_dump(mode="json")).items()})
+            tracker.log_metrics(
+                run_id, {"feature_cache_s": cache["feature_cache_s"], "feature_cache_bytes": cache["bytes"]}, step=0
+            )
+        tracker.log_params(
+            run_id, {k: redact(v) if isinstance(v, str) else v for k, v in flatten(job.model_dump(mode="json")).items()}
+        )
         if job.source is not None:
             tracker.log_artifact(run_id, job.source)
         name = f"{job.name}-{run_id}"
         from unitune.progress import StepProgress
 
         steps = StepProgress(job.train.epochs)
-        trainer = build_trainer(job, name=name, storage_path=storage_path, on_step=steps.reporter,
-                                callbacks=[MlflowCallback(tracker, run_id, job.train.epochs, steps.reporter)])
+        trainer = build_trainer(
+            job,
+            name=name,
+            storage_path=storage_path,
+            on_step=steps.reporter,
+            callbacks=[MlflowCallback(tracker, run_id, job.train.epochs, steps.reporter)],
+        )
         with steps, terminal.to_log():
             result = trainer.fit()
         with result.checkpoint.as_directory() as directory:
@@ -208,17 +229,24 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
             tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
             from unitune import pyfunc
 
-            with contextlib.redirect_stderr(terminal.log_stream()):   # MLflow's registration lines
-                model_uri, version = pyfunc.log(tracker, run_id, Path(directory) / MODEL_DIR,
-                                                step=int(result.metrics["epoch"]),
-                                                register_as=job.tracking.register_as)
+            with contextlib.redirect_stderr(terminal.log_stream()):  # MLflow's registration lines
+                model_uri, version = pyfunc.log(
+                    tracker,
+                    run_id,
+                    Path(directory) / MODEL_DIR,
+                    step=int(result.metrics["epoch"]),
+                    register_as=job.tracking.register_as,
+                )
         # The model is in MLflow now; the resume checkpoints of a finished run are not needed.
         shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
         out(format_table(result.metrics))
         out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {mask_uri(tracker.uri)}")
         registered = f"models:/{job.tracking.register_as}/{version}" if version else None
-        out(f"model: {registered or model_uri} (mlflow.pyfunc.load_model; "
-            + ("registered" if registered else "register it with --register NAME") + ")")
+        out(
+            f"model: {registered or model_uri} (mlflow.pyfunc.load_model; "
+            + ("registered" if registered else "register it with --register NAME")
+            + ")"
+        )
         status = "FINISHED"
         return {**result.metrics, "run_id": run_id, "model_uri": registered or model_uri}
     except (KeyboardInterrupt, SystemExit):
@@ -226,7 +254,10 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         raise KeyboardInterrupt from None
     except Exception as exc:
         tracker.set_tags(run_id, {T.ERROR: f"{type(exc).__name__}: {exc}"[:5000]})
-        raise worker_user_error(exc) or exc
+        user_error = worker_user_error(exc)
+        if user_error is not None:
+            raise user_error from None  # the job's mistake in one line, no Ray traceback
+        raise
     finally:
         tracker.end_run(run_id, status)
         if started_ray:
