@@ -200,7 +200,8 @@ def test_demo_search_on_the_rehearsal_cluster(env, capsys):
     # A final `unitune train` on the cluster: its model is a served artifact too.
     import subprocess
 
-    train_env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # join the head at 127.0.0.1
+    # Joins the head at 127.0.0.1 (see docs/cluster.md, Rehearsal) with the cluster's token.
+    train_env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
     proc = subprocess.run([sys.executable, "-m", "unitune", "train", "jobs/demo.yaml", f"ray.address={env['RAY_GCS_ADDRESS']}",
                            f"tracking.uri={env['MLFLOW_TRACKING_URI']}", "tracking.experiment=rehearsal-train",
                            "train.epochs=1", *TINY], env=train_env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
