@@ -57,7 +57,7 @@ def test_a_store_locked_too_long_names_the_server_set_up(tmp_path, monkeypatch, 
     Tracker(f"sqlite:///{tmp_path}/mlruns.db").client   # the store exists
     holder = hold_exclusive_lock(tmp_path / "mlruns.db", 40)   # longer than MLflow's 20 s busy timeout
     code = cli.main(["search", str(ROOT / "jobs" / "demo.yaml"), f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
-                     "data.synthetic.num_train=32", "data.synthetic.num_val=16", "data.synthetic.num_test=16",
+                     "train.batch_size=16", "train.eval_batch_size=16", "data.synthetic.num_train=32", "data.synthetic.num_val=16", "data.synthetic.num_test=16",
                      "data.synthetic.image_size=16", f"data.synthetic.cache_dir={tmp_path}/data"])
     err = capsys.readouterr().err
     holder.join()
