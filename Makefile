@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,towers,dev]"
+	$(PY) -m pip install -q -e ".[test,towers,dev,server]"
 	touch $@
 
 setup: $(VENV)/.installed
