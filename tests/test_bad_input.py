@@ -239,6 +239,11 @@ def c_karpathy_empty_sentence(t):
     return ["train", karpathy_job(t, images)], ["k.json: images[0].sentences[0].raw is empty"]
 
 
+def c_karpathy_test_folds(t):  # karpathy_images has 1 test image: 2 folds cannot split it
+    return ["train", karpathy_job(t, karpathy_images(t)), "data.test_folds=2"], \
+        ["data.test_folds: 2 does not divide the test split", "k.json: split 'test' holds 1 item"]
+
+
 def c_corrupt_video(t):
     (t / "junk.mp4").write_bytes(b"junk" * 200)
     return ["train", video_job(t, "junk.mp4")], ["junk.mp4: cannot open video", "line 5"]
@@ -403,6 +408,7 @@ CASES = [
     ("Karpathy JSON invalid", c_karpathy_invalid_json),
     ("Karpathy image missing", c_karpathy_missing_image),
     ("Karpathy empty sentence", c_karpathy_empty_sentence),
+    ("Karpathy test split not a multiple of data.test_folds", c_karpathy_test_folds),
     ("corrupt video", c_corrupt_video),
     ("truncated video", c_truncated_video),
     ("batch larger than the train split", c_batch_larger_than_split),
@@ -416,6 +422,8 @@ CASES = [
     ("model.embed_dim 1e9", override("model.embed_dim=1000000000", "model.embed_dim: must be <= 16384")),
     ("synthetic.num_train 1e9", override("data.synthetic.num_train=1000000000", "data.synthetic.num_train: must be <= 100000")),
     ("synthetic.image_size 1e6", override("data.synthetic.image_size=1000000", "data.synthetic.image_size: must be <= 1024")),
+    ("synthetic test split not a multiple of data.test_folds",
+     override("data.test_folds=3", "data.test_folds: must divide the test split (data.synthetic.num_test 128; got 3)")),
     ("model.image_size 1e6", override("model.image_size=1000000", "model.image_size: must be <= 4096")),
     ("unknown model.preset", override("model.preset=tiny-xl", "model.preset: unknown tiny preset 'tiny-xl'; choose from tiny-s, tiny-m")),
     ("unknown data.preflight", override("data.preflight=some", "data.preflight: must be one of")),

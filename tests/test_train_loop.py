@@ -215,3 +215,29 @@ def test_checkpoint_leaves_out_frozen_weights_and_resume_checks_them(tmp_path):
     from unitune.errors import UserError
     with pytest.raises(UserError, match="frozen weights differ"):
         run_training(other_seed, report=Recorder(), resume_from=tmp_path / "ckpt")
+
+
+def test_test_folds_report_the_mean_over_folds_of_consecutive_items(tmp_path):
+    """data.test_folds (COCO 1K): the final test evaluation adds test_folds_<key>; reference:
+    the trained model's embeddings, each fold's similarity block scored on its own, averaged."""
+    job = small_job(tmp_path, "train.epochs=1", "data.test_folds=2")  # 24 test items: 2 folds of 12
+    rec = Recorder()
+    run_training(job, report=rec, evaluate_test=True)
+    model = rec.models[-1]
+    from unitune.data import build_dataset
+    test = build_dataset(job.data, "test", transform=model.image_transform(train=False), train=False)
+    with torch.no_grad():
+        v = torch.cat([model.encode_visual(test.load_visual(i, train=False)[None]) for i in range(len(test.items))])
+        tokens = model.tokenize(test.captions)
+        t = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    c2i, groups = test.caption_to_item, test.item_groups
+    folds = []
+    for lo in (0, 12):
+        keep = (c2i >= lo) & (c2i < lo + 12)
+        fold_groups = None if groups is None else groups[lo:lo + 12]
+        folds.append(retrieval_metrics(v[lo:lo + 12] @ t[keep].T, c2i[keep] - lo, fold_groups))
+    whole = retrieval_metrics(v @ t.T, c2i, groups)
+    last = rec.metrics[-1]
+    for key in METRIC_KEYS:
+        assert last[f"test_folds_{key}"] == pytest.approx((folds[0][key] + folds[1][key]) / 2, abs=1e-3), key
+        assert last[f"test_{key}"] == pytest.approx(whole[key], abs=1e-3), key

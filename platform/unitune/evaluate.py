@@ -66,7 +66,8 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
 
 
 def measure(job, model, split: str = "test") -> dict:
-    """Retrieval metrics of ``model`` on the job's ``split`` (``unitune.train.loop.evaluate``)."""
+    """Retrieval metrics of ``model`` on the job's ``split`` (``unitune.train.loop.evaluate``);
+    the test split's ``folds_*`` means too when ``data.test_folds`` > 1."""
     import torch
 
     from unitune.data import build_dataset
@@ -75,15 +76,27 @@ def measure(job, model, split: str = "test") -> dict:
     device = torch.device("cuda" if job.resources.use_gpu and torch.cuda.is_available() else "cpu")
     dataset = build_dataset(job.data, split, transform=model.image_transform(train=False), train=False)
     return evaluate(
-        model.to(device), dataset, batch_size=job.train.eval_batch_size, device=device, precision=job.train.precision
+        model.to(device),
+        dataset,
+        batch_size=job.train.eval_batch_size,
+        device=device,
+        precision=job.train.precision,
+        folds=job.data.test_folds if split == "test" else 1,
     )
 
 
 def format_metrics(metrics: dict, split: str) -> str:
+    """One row per metric; a second column of the fold means when ``metrics`` has them."""
+
     def cell(v):
         return f"{v:.2f}" if math.isfinite(v) else str(v)
 
-    return "\n".join([f"{'metric':<10} {split:>9}", *(f"{k:<10} {cell(metrics[k]):>9}" for k in ROWS if k in metrics)])
+    rows = [k for k in ROWS if k in metrics]
+    if not any(f"folds_{k}" in metrics for k in rows):
+        return "\n".join([f"{'metric':<10} {split:>9}", *(f"{k:<10} {cell(metrics[k]):>9}" for k in rows)])
+    lines = [f"{'metric':<10} {split:>9} {'fold mean':>9}"]
+    lines += [f"{k:<10} {cell(metrics[k]):>9} {cell(metrics[f'folds_{k}']):>9}" for k in rows]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

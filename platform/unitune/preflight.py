@@ -106,7 +106,7 @@ def preflight(
     Raises:
         UserError: an unreadable annotation file, a bad sample under ``on_bad_sample: error``
             (naming the media file, where it is listed, and why), an empty split, or a train
-            split smaller than one batch.
+            split smaller than one batch, ``data.test_folds`` not dividing the test split.
     """
     err = err or sys.stderr
     data = job.data
@@ -125,6 +125,12 @@ def preflight(
                 f"split ({train.source}: {train.captions} captions)"
             )
         warn_dropped(job, train.captions, f"{train.source}: split {data.splits.train!r}", err)
+    test = next((c for c in checks if c.role == "test"), None)
+    if test is not None and test.items % data.test_folds:
+        raise UserError(
+            f"{_prefix(job)}data.test_folds: {data.test_folds} does not divide the test split "
+            f"({test.source}: split {data.splits.test!r} holds {test.items} {'item' if test.items == 1 else 'items'})"
+        )
     skipped = [c for c in checks if c.skipped]
     if skipped:
         counts = ", ".join(f"{c.skipped} of split {c.role}" for c in skipped)

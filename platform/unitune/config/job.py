@@ -132,6 +132,9 @@ class DataSpec(Spec):
     preflight: PreflightMode = "full"
     num_workers: int = Field(0, ge=0, le=64)
     synthetic: SyntheticSpec = SyntheticSpec()
+    # The test split is also scored on this many folds of consecutive items, averaged
+    # (``test_folds_*``): COCO's 1K protocol is 5 folds of its 5K test split. 1: off.
+    test_folds: int = Field(1, gt=0, le=100)
 
     @field_validator("preflight", mode="before")
     @classmethod
@@ -358,6 +361,12 @@ class JobSpec(Spec):
                 "train.batch_size",
                 f"larger than the train split "
                 f"(data.synthetic.num_train {self.data.synthetic.num_train}; got {self.train.batch_size})",
+            )
+        folds = self.data.test_folds
+        if self.data.format == "synthetic" and self.data.synthetic.num_test % folds:
+            raise FieldError(
+                "data.test_folds",
+                f"must divide the test split (data.synthetic.num_test {self.data.synthetic.num_test}; got {folds})",
             )
         if is_remote_address(self.ray.address) and is_local_store(self.tracking.uri):
             raise FieldError(

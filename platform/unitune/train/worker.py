@@ -335,6 +335,7 @@ def _fit(
                 device=device,
                 precision=job.train.precision,
                 cached=test_cached,
+                folds=job.data.test_folds,
             )
             metrics.update({f"test_{key}": value for key, value in test.items()})
         metrics["epoch_time_s"] = time.perf_counter() - started
