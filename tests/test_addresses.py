@@ -70,3 +70,26 @@ def test_a_job_refuses_a_local_store_exactly_with_a_remote_cluster(address, refu
     else:
         JobSpec.model_validate(job)
     JobSpec.model_validate({**job, "tracking": {"uri": "http://mlflow.lan:5000"}})
+
+
+REFUSALS = [(a, r) for a, _, r in ADDRESSES if a is not None]
+
+
+@pytest.mark.parametrize("address, refused", REFUSALS)
+def test_the_store_check_of_train_search_and_submit_agree(address, refused, tmp_path, monkeypatch):
+    """The job file, ``Tracker.check`` (train, search, study) and ``unitune submit`` refuse a
+    local store for the same addresses: the rule of ``ADDRESSES``."""
+    from unitune import submit
+    from unitune.errors import UserError
+    from unitune.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    if refused:
+        with pytest.raises(UserError, match="is a local store that the workers of the remote cluster"):
+            Tracker(uri).check(address)
+        with pytest.raises(UserError, match="is a local store that the workers .* --allow-local-store"):
+            submit.plan_submission(JobSpec.model_validate({"name": "x", "tracking": {"uri": uri}}), tmp_path / "job.yaml",
+                                   [], address=address)
+    else:
+        Tracker(uri).check(address)

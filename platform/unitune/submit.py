@@ -196,15 +196,14 @@ def plan_submission(
             ``resume`` of a search on a remote cluster without ``search.storage``.
     """
     from unitune.cluster import is_remote_address
-    from unitune.tracking import is_local_store, resolve_uri
+    from unitune.tracking import is_local_store, resolve_uri, unreachable_store
 
     remote = is_remote_address(address)
     uri = job.tracking.uri
-    if remote and is_local_store(uri) and not allow_local_store:
+    reason = unreachable_store(uri, address)
+    if reason is not None and not allow_local_store:
         raise UserError(
-            f"{job_file}: tracking.uri: {uri} is a local store that the remote cluster "
-            f"{address} cannot reach; use an http(s):// MLflow server or a shared database "
-            "(or --allow-local-store if the cluster sees the same path)"
+            f"{job_file}: tracking.uri: {reason} (or --allow-local-store if the cluster sees the same path)"
         )
     job_file = job_file.resolve()
     space_file = Path(job.search.space).resolve()

@@ -26,7 +26,7 @@ import yaml
 
 from unitune import tags as T
 from unitune.cluster import is_remote_address
-from unitune.errors import UserError, mask_uri, redact_log_records
+from unitune.errors import UserError, mask_uri, redact_log_records, shorten
 from unitune.locks import file_lock
 from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
 
@@ -74,6 +74,20 @@ def is_local_store(uri: str) -> bool:
     whatever its host."""
     scheme = urlparse(uri).scheme
     return scheme in ("", "file", "sqlite") or len(scheme) == 1
+
+
+def unreachable_store(uri: str, ray_address: str | None) -> str | None:
+    """Why the workers of the Ray cluster at ``ray_address`` could not write to the store
+    ``uri`` (a local store, :func:`is_local_store`, with a remote cluster,
+    ``unitune.cluster.is_remote_address``), or ``None`` when they can. The one rule behind
+    the job file's check, :meth:`Tracker.check` and ``unitune submit``."""
+    if ray_address is None or not is_local_store(uri) or not is_remote_address(ray_address):
+        return None
+    return (
+        f"{shorten(mask_uri(uri), 160)} is a local store that the workers of the remote cluster "
+        f"{shorten(mask_uri(ray_address), 80)} cannot reach; use an http(s):// MLflow server "
+        "or a shared database"
+    )
 
 
 def local_store_path(uri: str) -> Path | None:
@@ -153,13 +167,9 @@ class Tracker:
                 the path or URI (masked) and the reason.
         """
         shown = mask_uri(self.uri)
-        if ray_address is not None and is_local_store(self.uri) and is_remote_address(ray_address):
-            raise UserError(
-                f"tracking.uri {shown!r} is a local sqlite/file store, but ray.address "
-                f"{mask_uri(ray_address)!r} is a remote cluster whose workers cannot write to it; "
-                "run an MLflow server (`mlflow server --backend-store-uri ...`) reachable "
-                "from the cluster and set tracking.uri to its http:// URL"
-            )
+        reason = unreachable_store(self.uri, ray_address)
+        if reason is not None:
+            raise UserError(f"tracking.uri: {reason}")
         probe_store(self.uri)
         if self.artifact_location:
             probe_artifacts(self.artifact_location, f"tracking.artifact_location {mask_uri(self.artifact_location)!r}")

@@ -34,9 +34,8 @@ from unitune.choices import (
     PreflightMode,
     WarmupMode,
 )
-from unitune.cluster import is_remote_address
 from unitune.errors import mask_uri, shorten
-from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, is_local_store
+from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, unreachable_store
 
 TINY_PRESETS = TINY_PRESET_NAMES
 
@@ -368,11 +367,7 @@ class JobSpec(Spec):
                 "data.test_folds",
                 f"must divide the test split (data.synthetic.num_test {self.data.synthetic.num_test}; got {folds})",
             )
-        if is_remote_address(self.ray.address) and is_local_store(self.tracking.uri):
-            raise FieldError(
-                "tracking.uri",
-                f"{shorten_repr(self.tracking.uri)} is a local store that workers of the "
-                f"remote Ray cluster {mask_uri(self.ray.address)} cannot reach; use an "
-                "http(s):// MLflow server or a shared database",
-            )
+        reason = unreachable_store(self.tracking.uri, self.ray.address)
+        if reason is not None:
+            raise FieldError("tracking.uri", reason)
         return self
