@@ -5,7 +5,6 @@ import json
 import os
 import pickle
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def data_spec(**fields):
     base = {"format": "synthetic", "modality": "image", "root": None, "annotations": None,
             "splits": {"train": "train", "val": "val", "test": "test"}, "num_frames": 4, "on_bad_sample": "error"}
-    return SimpleNamespace(**{**base, **fields})
+    return {**base, **fields}
 
 
 def save_png(path, value):
@@ -54,7 +53,7 @@ def karpathy(tmp_path):
 
 
 def test_karpathy_split_counts_ids_groups(karpathy):
-    train = build_dataset(karpathy, "train", transform=default_transform(16))
+    train = build_dataset("train", **karpathy, transform=default_transform(16))
     assert train.items[0].endswith(os.path.join("imgs", "sub", "0.png"))
     assert train.item_ids.tolist() == [100, 101]
     assert train.captions == ["picture 0 caption 0", "picture 1 caption 0", "picture 1 caption 1"]
@@ -65,16 +64,16 @@ def test_karpathy_split_counts_ids_groups(karpathy):
 
 
 def test_karpathy_restval_only_when_asked(karpathy):
-    karpathy.splits["train"] = "train+restval"
-    train = build_dataset(karpathy, "train")
+    karpathy["splits"]["train"] = "train+restval"
+    train = build_dataset("train", **karpathy)
     assert train.item_ids.tolist() == [100, 101, 102] and len(train) == 1 + 2 + 3
     assert train.split == "train+restval"
 
 
 def test_karpathy_unknown_split_names_file_and_key(karpathy):
-    karpathy.splits["val"] = "valid"
+    karpathy["splits"]["val"] = "valid"
     with pytest.raises(UserError, match=r"dataset_x\.json.*'valid'.*data\.splits\.val"):
-        build_dataset(karpathy, "val")
+        build_dataset("val", **karpathy)
 
 
 def test_karpathy_without_concept_has_no_groups(tmp_path):
@@ -82,7 +81,7 @@ def test_karpathy_without_concept_has_no_groups(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"images": [{"filename": "1.png", "imgid": 7, "split": "test",
                                             "sentences": [{"raw": "x"}, {"raw": "y"}]}]}))
-    test = build_dataset(data_spec(format="karpathy", annotations=str(path)), "test")
+    test = build_dataset("test", **data_spec(format="karpathy", annotations=str(path)))
     assert test.item_groups is None and test[1]["positive_id"] == 7
 
 
@@ -113,12 +112,12 @@ def msrvtt(tmp_path):
 
 
 def test_msrvtt_1k_a(msrvtt):
-    train = build_dataset(msrvtt, "train")
+    train = build_dataset("train", **msrvtt)
     assert train.modality == "video" and train.item_ids.tolist() == [0, 1, 2, 3]
     assert len(train) == 4 * 20  # every caption of the 9k videos
     assert train.captions[:2] == ["clip 0 sentence 0", "clip 0 sentence 1"]
     assert train[25]["positive_id"] == 1 and train[25]["visual"].shape == (4, 3, 224, 224)
-    test = build_dataset(msrvtt, "test", train=False)
+    test = build_dataset("test", **msrvtt, train=False)
     assert test.item_ids.tolist() == [4, 5] and test.captions == ["test sentence for 4", "test sentence for 5"]
     clip = test.item_dataset()[1]["visual"]
     expected = (30 * 5 / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
@@ -127,16 +126,16 @@ def test_msrvtt_1k_a(msrvtt):
 
 def test_msrvtt_default_root_and_unknown_split(msrvtt, tmp_path):
     with pytest.raises(UserError, match=r"'val'.*data\.splits\.val.*available: test, train"):
-        build_dataset(SimpleNamespace(**{**vars(msrvtt), "splits": {"val": "val"}}), "val")
-    msrvtt.root = None  # default: <annotations dir>/videos/all, which does not exist here
+        build_dataset("val", **{**msrvtt, "splits": {"val": "val"}})
+    msrvtt["root"] = None  # default: <annotations dir>/videos/all, which does not exist here
     with pytest.raises(UserError, match=r"video0\.mp4: video file not found"):
-        build_dataset(msrvtt, "train")
+        build_dataset("train", **msrvtt)
 
 
 def test_msrvtt_image_modality_is_refused(msrvtt):
-    msrvtt.modality = "image"
+    msrvtt["modality"] = "image"
     with pytest.raises(UserError, match="data.modality"):
-        build_dataset(msrvtt, "train")
+        build_dataset("train", **msrvtt)
 
 
 # ------------------------------------------------------------------ manifest
@@ -151,12 +150,12 @@ def test_manifest_jsonl_merges_ids_and_groups(tmp_path):
     ]
     path = tmp_path / "manifest.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    train = build_dataset(data_spec(format="manifest", annotations=str(path)), "train")
+    train = build_dataset("train", **data_spec(format="manifest", annotations=str(path)))
     assert train.captions == ["zero a", "zero b", "zero c", "one"]
     assert train.caption_to_item.tolist() == [0, 0, 0, 1]
     assert train.item_ids.tolist() == [0, 1]  # string ids: order of first appearance
     assert train.item_groups.tolist() == [0, 0]
-    test = build_dataset(data_spec(format="manifest", annotations=str(path)), "test")
+    test = build_dataset("test", **data_spec(format="manifest", annotations=str(path)))
     assert test.item_ids.tolist() == [2] and test.item_groups is None
 
 
@@ -168,8 +167,8 @@ def test_manifest_csv_video_with_integer_ids(tmp_path):
         writer = csv.writer(handle)
         writer.writerow(["video", "caption", "id", "split"])
         writer.writerows([["v9.mp4", "nine", 9, "val"], ["v3.mp4", "three", 3, "val"], ["v3.mp4", "drei", 3, "val"]])
-    val = build_dataset(data_spec(format="manifest", modality="video", annotations=str(path)), "val",
-                        transform=default_transform(8), num_frames=2)
+    val = build_dataset("val", **data_spec(format="manifest", modality="video", annotations=str(path), num_frames=2),
+                        transform=default_transform(8))
     assert val.item_ids.tolist() == [9, 3] and val.captions == ["nine", "three", "drei"]
     assert val[2]["visual"].shape == (2, 3, 8, 8) and val[2]["positive_id"] == 3
 
@@ -178,7 +177,7 @@ def test_manifest_modality_mismatch_is_explained(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"video": "a.mp4", "caption": "c", "split": "train"}) + "\n")
     with pytest.raises(UserError, match=r"m\.jsonl: line 1: 'image' is missing.*data\.modality: video"):
-        build_dataset(data_spec(format="manifest", annotations=str(path)), "train")
+        build_dataset("train", **data_spec(format="manifest", annotations=str(path)))
 
 
 # ------------------------------------------------------------------ emoji (real data)
@@ -188,7 +187,7 @@ def test_emoji_counts_and_groups(emoji_dir):
     total_images = total_captions = 0
     concepts = set()
     for split in ("train", "val", "test"):
-        ds = build_dataset(spec, split)
+        ds = build_dataset(split, **spec)
         images = [im for im in raw["images"] if im["split"] == split]  # reference: a plain loop
         assert len(ds.items) == len(images)
         assert len(ds) == sum(len(im["sentences"]) for im in images)
@@ -221,7 +220,7 @@ def test_default_transform_matches_a_manual_computation():
 
 
 def test_collate_and_loader_with_workers(msrvtt):
-    train = build_dataset(msrvtt, "train", transform=default_transform(16))
+    train = build_dataset("train", **msrvtt, transform=default_transform(16))
     batch = collate([train[0], train[21], train[45]], fake_tokenize)
     assert batch["visual"].shape == (3, 4, 3, 16, 16)
     assert batch["positive_id"].tolist() == [0, 1, 2]

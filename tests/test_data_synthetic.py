@@ -4,7 +4,6 @@ import json
 import multiprocessing
 import os
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,9 +22,10 @@ def rows(manifest):
         return [json.loads(line) for line in handle]
 
 
-def spec(cache_dir, modality="image", **synthetic):
-    return SimpleNamespace(format="synthetic", modality=modality,
-                           synthetic=SimpleNamespace(cache_dir=str(cache_dir), **{**SMALL, **synthetic}))
+def spec(cache_dir, modality="image", frames=8, **synthetic):
+    """build_dataset's keywords for the synthetic set; ``frames``: data.num_frames."""
+    return dict(format="synthetic", modality=modality, splits={"train": "train", "val": "val", "test": "test"},
+                num_frames=frames, on_bad_sample="error", synthetic={"cache_dir": str(cache_dir), **SMALL, **synthetic})
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +152,14 @@ def test_video_captions_are_reversed_events(video_set):
 
 
 def test_build_dataset_reads_the_generated_files(tmp_path):
-    train = build_dataset(spec(tmp_path), "train")
+    train = build_dataset("train", **spec(tmp_path))
     assert len(train.items) == 24 and len(train) == 72 and train.modality == "image"
     assert train.item_groups is None and train.skipped == 0
     sample = train[5]
     assert sample["visual"].shape == (3, 32, 32)
     assert sample["text"] == train.captions[5]
     assert sample["positive_id"] == int(train.item_ids[train.caption_to_item[5]])
-    video = build_dataset(spec(tmp_path, "video"), "val", num_frames=4, train=False)
+    video = build_dataset("val", **spec(tmp_path, "video", frames=4), train=False)
     assert video[0]["visual"].shape == (4, 3, 32, 32)
     assert video.item_dataset()[1]["visual"].shape == (4, 3, 32, 32)
 
@@ -191,8 +191,8 @@ class TinyImageText(nn.Module):
 @pytest.mark.slow
 def test_learnable_far_above_chance_within_a_minute(tmp_path):
     synthetic = {"num_train": 512, "num_val": 128, "num_test": 128, "image_size": 64}
-    train = build_dataset(spec(tmp_path, **synthetic), "train")
-    val = build_dataset(spec(tmp_path, **synthetic), "val", train=False)
+    train = build_dataset("train", **spec(tmp_path, **synthetic))
+    val = build_dataset("val", **spec(tmp_path, **synthetic), train=False)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convs on a shared CPU: one thread is fastest

@@ -166,7 +166,7 @@ def test_param_groups_partition_the_trainable_parameters(specs, name):
 
 
 def test_build_from_config_model_spec():
-    model = build_model(ModelSpec(name="tiny", preset="tiny-m", embed_dim=48), captions=CAPTIONS)
+    model = build_model(ModelSpec(name="tiny", preset="tiny-m", embed_dim=48).model_dump(), captions=CAPTIONS)
     assert model.embed_dim == 48 and model.config["preset"] == "tiny-m"
     assert len(model.clip.vision_model.encoder.layers) == TINY_PRESETS["tiny-m"]["vision_layers"]
 
@@ -411,13 +411,14 @@ def test_tiny_model_fits_64_synthetic_pairs_with_the_unified_loss(tmp_path):
     from unitune.data import build_dataset
     from unitune.losses import unified_loss
 
-    data = {"format": "synthetic", "modality": "image",
+    data = {"format": "synthetic", "modality": "image", "splits": {"train": "train"}, "num_frames": 8,
+            "on_bad_sample": "error",
             "synthetic": {"num_train": 64, "num_val": 1, "num_test": 1, "captions_per_item": 1,
                           "cache_dir": str(tmp_path)}}
-    captions = build_dataset(data, "train", train=False).captions
+    captions = build_dataset("train", **data, train=False).captions
     torch.manual_seed(0)
     model = build_model({"name": "tiny", "preset": "tiny-s", "embed_dim": 64}, captions=captions)
-    dataset = build_dataset(data, "train", transform=model.image_transform(train=False), train=False)
+    dataset = build_dataset("train", **data, transform=model.image_transform(train=False), train=False)
     samples = [dataset[j] for j in range(len(dataset))]
     assert len(samples) == 64 and len({s["positive_id"] for s in samples}) == 64
     visual = torch.stack([s["visual"] for s in samples])

@@ -142,14 +142,14 @@ def test_report_rows_artifacts_and_headline_metrics(study):
 def test_frozen_family_trains_only_the_projections(tmp_path):
     job = load_job("jobs/demo.yaml", [f"data.synthetic.cache_dir={tmp_path}"])
     frozen = apply_overrides(job, load_space("search_spaces/frozen.yaml", job).fixed)
-    model = build_model(frozen.model, captions=["a red square", "a blue circle"])
+    model = build_model(frozen.model.model_dump(), captions=["a red square", "a blue circle"])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     clip = model.clip
     projections = (clip.visual_projection.in_features * clip.visual_projection.out_features
                    + clip.text_projection.in_features * clip.text_projection.out_features)
     assert trainable == projections > 0
     assert sum(p.numel() for p in model.parameters()) > 5 * projections
-    full = build_model(job.model, captions=["a red square", "a blue circle"])
+    full = build_model(job.model.model_dump(), captions=["a red square", "a blue circle"])
     assert sum(p.numel() for p in full.parameters() if p.requires_grad) > 5 * projections
 
 

@@ -20,7 +20,7 @@ def test_eval_before_training_is_the_seeded_initial_model(tmp_path, capsys):
     # The same model built by hand as the trainer builds it (seeded by job.seed), saved, measured.
     job = load_job("jobs/demo.yaml", overrides)
     torch.manual_seed(job.seed)
-    model = build_model(job.model, captions=build_dataset(job.data, "train", train=False).captions)
+    model = build_model(job.model.model_dump(), captions=build_dataset("train", **job.data.dataset_options(), train=False).captions)
     save_model(model, tmp_path / "model")
     assert main(["eval", "jobs/demo.yaml", "--split", "val", "--model", str(tmp_path / "model"), *overrides]) == 0
     saved = _table(capsys.readouterr().out)

@@ -166,7 +166,7 @@ def test_gradient_checkpointing_needs_a_supporting_tower(tmp_path):
     from unitune.models import build_model
 
     job = small_job(tmp_path)
-    assert enable_gradient_checkpointing(build_model(job.model, captions=["a b c"]), "tiny") >= 1
+    assert enable_gradient_checkpointing(build_model(job.model.model_dump(), captions=["a b c"]), "tiny") >= 1
     with pytest.raises(UserError, match="train.grad_checkpointing"):
         enable_gradient_checkpointing(ToyEncoder(), "toy")
 
@@ -193,7 +193,7 @@ def test_epoch_0_is_the_untrained_model_evaluated(tmp_path):
     run_training(job, report=rec)
     _, model = job_model(job)
     from unitune.data import build_dataset
-    val = build_dataset(job.data, "val", transform=model.image_transform(train=False), train=False)
+    val = build_dataset("val", **job.data.dataset_options(), transform=model.image_transform(train=False), train=False)
     expected = evaluate(model, val, batch_size=job.train.eval_batch_size)
     assert rec.epoch0[0]["epoch"] == 0 and rec.epoch0[0]["train_time_s"] == 0.0
     for key in METRIC_KEYS:
@@ -225,7 +225,7 @@ def test_test_folds_report_the_mean_over_folds_of_consecutive_items(tmp_path):
     run_training(job, report=rec, evaluate_test=True)
     model = rec.models[-1]
     from unitune.data import build_dataset
-    test = build_dataset(job.data, "test", transform=model.image_transform(train=False), train=False)
+    test = build_dataset("test", **job.data.dataset_options(), transform=model.image_transform(train=False), train=False)
     with torch.no_grad():
         v = torch.cat([model.encode_visual(test.load_visual(i, train=False)[None]) for i in range(len(test.items))])
         tokens = model.tokenize(test.captions)

@@ -60,9 +60,9 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
 
     from unitune.data import build_dataset
 
-    captions = build_dataset(job.data, "train", train=False).captions  # the tiny model's vocabulary
+    captions = build_dataset("train", **job.data.dataset_options(), train=False).captions  # the tiny model's vocabulary
     torch.manual_seed(job.seed)  # as training seeds it: the same initial model as epoch 0 of `unitune train`
-    return build_model(job.model, captions=captions)
+    return build_model(job.model.model_dump(), captions=captions)
 
 
 def measure(job, model, split: str = "test") -> dict:
@@ -74,7 +74,9 @@ def measure(job, model, split: str = "test") -> dict:
     from unitune.train.loop import evaluate
 
     device = torch.device("cuda" if job.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    dataset = build_dataset(job.data, split, transform=model.image_transform(train=False), train=False)
+    dataset = build_dataset(
+        split, **job.data.dataset_options(), transform=model.image_transform(train=False), train=False
+    )
     return evaluate(
         model.to(device),
         dataset,

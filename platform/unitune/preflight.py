@@ -149,7 +149,7 @@ def check_split(job: JobSpec, role: str, err: TextIO) -> SplitCheck:
 
     data = job.data
     screen = Screen(data.on_bad_sample)
-    names, key = split_names(data, role)
+    names, key = split_names(data.splits.model_dump(), role)
     source = os.fspath(data.annotations)
     root = os.fspath(data.root) if data.root is not None else None
     entries = read_entries(data.format, data.modality, source, root, names, key, screen)

@@ -8,7 +8,7 @@ one CPU worker, local Ray and a sqlite MLflow store in the working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -134,6 +134,19 @@ class DataSpec(Spec):
     # The test split is also scored on this many folds of consecutive items, averaged
     # (``test_folds_*``): COCO's 1K protocol is 5 folds of its 5K test split. 1: off.
     test_folds: int = Field(1, gt=0, le=100)
+
+    def dataset_options(self) -> dict[str, Any]:
+        """This section as the keyword arguments of ``unitune.data.build_dataset``."""
+        return {
+            "format": self.format,
+            "modality": self.modality,
+            "splits": self.splits.model_dump(),
+            "num_frames": self.num_frames,
+            "on_bad_sample": self.on_bad_sample,
+            "annotations": self.annotations,
+            "root": self.root,
+            "synthetic": self.synthetic.model_dump() if self.format == "synthetic" else None,
+        }
 
     @field_validator("preflight", mode="before")
     @classmethod

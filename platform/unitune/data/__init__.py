@@ -1,19 +1,20 @@
 """Retrieval datasets: karpathy, msrvtt, manifest and the built-in synthetic generator.
 
-    build_dataset(spec, split, *, transform=None, num_frames=None, train=True) -> RetrievalDataset
+    build_dataset(split, *, format, modality, splits, num_frames, on_bad_sample,
+                  annotations=None, root=None, synthetic=None, transform=None, train=True)
+        -> RetrievalDataset
 
-`spec` is the job's `data` section (`unitune.config.DataSpec` or any object with the
-same attributes): format, modality, root, annotations, splits, num_frames,
-on_bad_sample, synthetic{num_train, num_val, num_test, captions_per_item, image_size,
-num_frames, seed, cache_dir}. Library layer: no Ray, no MLflow.
+The keywords are the job's `data` section as plain values (`job.data.dataset_options()`);
+the defaults of the job file live in `unitune.config`. Library layer: no Ray, no MLflow.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from unitune.choices import DATA_FORMATS, NUM_FRAMES, SYNTHETIC_CACHE_DIR, SYNTHETIC_DEFAULTS
+from unitune.choices import DATA_FORMATS, SYNTHETIC_DEFAULTS
 from unitune.data.base import (
     BAD_SAMPLE_POLICIES,
     MODALITIES,
@@ -59,25 +60,17 @@ __all__ = [
 ]
 
 
-def _get(obj, name: str, default=None):
-    """Attribute or mapping lookup (specs may be pydantic models, namespaces or dicts)."""
-    if obj is None:
-        return default
-    value = obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-    return default if value is None else value
-
-
-def split_names(spec, split: str) -> tuple[list[str], str]:
-    """Map a role ("train", "val", "test") through `data.splits` to the file's split names.
+def split_names(splits: Mapping[str, str | None], role: str) -> tuple[list[str], str]:
+    """Map a role ("train", "val", "test") through `splits` (`data.splits`) to the file's
+    split names.
 
     A name may join several with "+" ("train+restval"). Returns (names, config key).
-    Raises UserError when the role is not in `data.splits`.
+    Raises UserError when the role is not in `splits`.
     """
-    splits = _get(spec, "splits")
-    key = f"data.splits.{split}"
-    name = split if splits is None else _get(splits, split)
+    key = f"data.splits.{role}"
+    name = splits.get(role)
     if not name:
-        raise UserError(f"{key}: no split named {split!r} in data.splits")
+        raise UserError(f"{key}: no split named {role!r} in data.splits")
     names = [part.strip() for part in str(name).split("+")]
     if not all(names):
         raise UserError(f"{key}: bad split name {name!r}")
@@ -100,49 +93,61 @@ def read_entries(
 
 
 def build_dataset(
-    spec, split: str, *, transform: Callable | None = None, num_frames: int | None = None, train: bool = True
+    split: str,
+    *,
+    format: str,
+    modality: str,
+    splits: Mapping[str, str | None],
+    num_frames: int,
+    on_bad_sample: str,
+    annotations: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    synthetic: Mapping[str, Any] | None = None,
+    transform: Callable | None = None,
+    train: bool = True,
 ) -> RetrievalDataset:
-    """Build the dataset for one split role of the job's `data` section.
+    """Build the dataset of one split role; the keywords are the job's `data` section
+    (`unitune.config.DataSpec.dataset_options()`, which holds their defaults).
 
     Args:
-        spec: data spec (see module doc). Only its attributes are read.
-        split: "train", "val" or "test" (a key of `data.splits`).
+        split: "train", "val" or "test" (a key of `splits`).
+        format, modality, splits, num_frames, on_bad_sample, annotations, root: as the
+            `data` keys of the job file (`annotations`: required by every format but synthetic).
+        synthetic: `cache_dir` and the generator's options (format synthetic only; missing
+            options take `unitune.choices.SYNTHETIC_DEFAULTS`).
         transform: PIL.Image -> Tensor [3,H,W] (the model's); None: `default_transform`
             at the synthetic image size (synthetic) or 224.
-        num_frames: frames per clip; None: `data.num_frames` (default 8).
         train: segment-random frame sampling when True, uniform otherwise.
     Raises:
         UserError: unknown format/modality/split, missing or unreadable annotation
             file, bad samples under `on_bad_sample: error`, an empty split.
     """
-    fmt = _get(spec, "format", "synthetic")
-    if fmt not in DATA_FORMATS:
-        raise UserError(f"data.format: {fmt!r} is not one of {', '.join(DATA_FORMATS)}")
-    modality = _get(spec, "modality", "image")
-    if modality not in FORMAT_MODALITIES[fmt]:
-        raise UserError(f"data.modality: format {fmt!r} supports {', '.join(FORMAT_MODALITIES[fmt])}, not {modality!r}")
-    screen = Screen(_get(spec, "on_bad_sample", "error"))
-    names, key = split_names(spec, split)
-    root, annotations = _get(spec, "root"), _get(spec, "annotations")
-    root = os.fspath(root) if root is not None else None
-    annotations = os.fspath(annotations) if annotations is not None else None
+    if format not in DATA_FORMATS:
+        raise UserError(f"data.format: {format!r} is not one of {', '.join(DATA_FORMATS)}")
+    if modality not in FORMAT_MODALITIES[format]:
+        raise UserError(
+            f"data.modality: format {format!r} supports {', '.join(FORMAT_MODALITIES[format])}, not {modality!r}"
+        )
+    screen = Screen(on_bad_sample)
+    names, key = split_names(splits, split)
     size = 224
-    if fmt == "synthetic":
-        synthetic = _get(spec, "synthetic")
-        options = {name: _get(synthetic, name, default) for name, default in SYNTHETIC_DEFAULTS.items()}
+    if format == "synthetic":
+        if synthetic is None or "cache_dir" not in synthetic:
+            raise ValueError("format 'synthetic' needs synthetic={'cache_dir': ..., generator options}")
+        options = {**SYNTHETIC_DEFAULTS, **synthetic}
+        cache_dir = os.fspath(options.pop("cache_dir"))
         size = options["image_size"]
-        cache_dir = os.fspath(_get(synthetic, "cache_dir", SYNTHETIC_CACHE_DIR))
-        annotations = generate_synthetic(cache_dir, modality=modality, **options)
-        root = None
-    entries = read_entries(fmt, modality, annotations, root, names, key, screen)
+        annotations, root = generate_synthetic(cache_dir, modality=modality, **options), None
+    source = os.fspath(annotations) if annotations is not None else None
+    entries = read_entries(format, modality, source, os.fspath(root) if root is not None else None, names, key, screen)
     return assemble(
         entries,
         screen=screen,
         modality=modality,
-        source=annotations,
+        source=source,
         split="+".join(names),
         split_key=key,
         transform=transform if transform is not None else default_transform(size),
-        num_frames=int(num_frames or _get(spec, "num_frames", NUM_FRAMES)),
+        num_frames=int(num_frames),
         train=train,
     )

@@ -168,8 +168,8 @@ def job_model(job):
     """``(train split, model)`` exactly as a trial builds them: seeded by the job, the
     tiny model's vocabulary from the training captions."""
     torch.manual_seed(job.seed)
-    train_set = build_dataset(job.data, "train", transform=None, train=True)
-    model = build_model(job.model, captions=train_set.captions)
+    train_set = build_dataset("train", **job.data.dataset_options(), transform=None, train=True)
+    model = build_model(job.model.model_dump(), captions=train_set.captions)
     return train_set, model
 
 
@@ -198,7 +198,11 @@ def prepare(job, splits: tuple[str, ...] = ("train", "val")) -> dict:
     device = torch.device("cuda" if job.resources.use_gpu and torch.cuda.is_available() else "cpu")
     model.to(device)
     for role in splits:
-        dataset = train_set if role == "train" else build_dataset(job.data, role, transform=None, train=False)
+        dataset = (
+            train_set
+            if role == "train"
+            else build_dataset(role, **job.data.dataset_options(), transform=None, train=False)
+        )
         dataset.transform, dataset.train = model.image_transform(train=False), False
         cache.load(model, dataset, device=device)
     return {**cache.stats, "feature_cache_s": time.perf_counter() - started, "feature_cache_dir": str(cache.directory)}

@@ -1,6 +1,6 @@
 """Dual encoders for vision-language retrieval: `tiny`, `clip` and `two_tower`.
 
-build_model(spec, captions=None) -> DualEncoder
+build_model(config, captions=None) -> DualEncoder   # config: job.model.model_dump() or a model.json
 save_model(model, directory); load_model(directory) -> DualEncoder
 """
 

@@ -27,29 +27,25 @@ CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.pt"
 
 
-def _get(spec: Any, key: str, default: Any) -> Any:
-    if isinstance(spec, Mapping):
-        return spec.get(key, default)
-    return getattr(spec, key, default)
-
-
-def model_config(spec: Any) -> dict:
-    """The plain, JSON-able model config from a ModelSpec, namespace or dict.
+def model_config(spec: Mapping[str, Any]) -> dict:
+    """The plain, JSON-able model config (``model.json``) from the job's ``model`` section as
+    plain values (``job.model.model_dump()``) or a saved ``model.json``.
 
     Keys: name preset checkpoint image_encoder text_encoder embed_dim video_pooling
-    image_size freeze{visual_trainable_layers, text_trainable_layers, projections_only}; missing
-    keys take the schema's defaults. Raises UserError for an unknown model name.
+    image_size freeze{visual_trainable_layers, text_trainable_layers, projections_only}; other
+    keys are ignored, missing ones take ``unitune.choices.MODEL_DEFAULTS`` (the job schema's
+    defaults). Raises UserError for an unknown model name.
     """
-    config = {key: _get(spec, key, default) for key, default in MODEL_DEFAULTS.items()}
-    freeze = _get(spec, "freeze", None) or {}
-    config["freeze"] = {key: _get(freeze, key, FREEZE_DEFAULTS[key]) for key in FREEZE_KEYS}
+    config = {key: spec.get(key, default) for key, default in MODEL_DEFAULTS.items()}
+    freeze = spec.get("freeze") or {}
+    config["freeze"] = {key: freeze.get(key, FREEZE_DEFAULTS[key]) for key in FREEZE_KEYS}
     if config["name"] not in MODEL_REGISTRY:
         raise UserError(f"model.name: unknown model {config['name']!r}; choose from {list(MODEL_REGISTRY)}")
     return config
 
 
-def build_model(spec: Any, captions: list[str] | None = None) -> DualEncoder:
-    """A DualEncoder from a model spec (see `model_config`); `captions` build the tiny
+def build_model(spec: Mapping[str, Any], captions: list[str] | None = None) -> DualEncoder:
+    """A DualEncoder from a model config (see `model_config`); `captions` build the tiny
     model's vocabulary. Raises UserError for bad names, paths or freeze settings."""
     config = model_config(spec)
     return MODEL_REGISTRY[config["name"]].from_config(config, captions=captions)

@@ -143,7 +143,7 @@ def _check_test_split(job: JobSpec) -> None:
     from unitune.data import build_dataset
 
     try:
-        build_dataset(job.data, "test", train=False)
+        build_dataset("test", **job.data.dataset_options(), train=False)
     except UserError as exc:
         raise UserError(
             f"{_where(job)}data.splits.test: the study evaluates its final runs on the test "

@@ -274,7 +274,9 @@ def _fit(
     loader = prepare_loader(loader)
     val_set = val_cached = None
     if rank == 0:
-        val_set = build_dataset(job.data, "val", transform=encoder.image_transform(train=False), train=False)
+        val_set = build_dataset(
+            "val", **job.data.dataset_options(), transform=encoder.image_transform(train=False), train=False
+        )
         val_cached = cache.load(encoder, val_set, device=device) if cache is not None else None
 
     def validate() -> dict:
@@ -326,7 +328,9 @@ def _fit(
         if rank == 0 and (epoch % job.train.eval_every == 0 or last):
             metrics.update(validate())
         if rank == 0 and last and evaluate_test:
-            test_set = build_dataset(job.data, "test", transform=encoder.image_transform(train=False), train=False)
+            test_set = build_dataset(
+                "test", **job.data.dataset_options(), transform=encoder.image_transform(train=False), train=False
+            )
             test_cached = cache.load(encoder, test_set, device=device) if cache is not None else None
             test = evaluate(
                 encoder,
