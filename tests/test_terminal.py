@@ -51,6 +51,20 @@ def test_library_info_goes_to_the_log_file_and_user_warnings_stay(tmp_path, monk
     assert "View detailed" not in err.out
 
 
+def test_no_transformers_progress_bar_after_open_log(tmp_path):
+    """The feature cache's model load printed transformers' "Loading weights" bar in a search."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from unitune import terminal; terminal.open_log('t', Path('.')); "
+            "from transformers.utils import logging; print(logging.is_progress_bar_enabled())")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 def test_nothing_logged_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     terminal.open_log("validate")

@@ -72,6 +72,8 @@ def open_log(command: str, directory: Path = LOG_DIR) -> Path:
     # MLflow leaves its loggers to the application, and prints no download progress bars.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Nor transformers' "Loading weights" bar (read when transformers is first imported).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     close_log()
     directory = writable_folder(directory.resolve())
     path = directory / f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}.log"
