@@ -287,13 +287,15 @@ class _Layout:
         device = self.item_order.device
         item_count = torch.zeros(ib[-1], dtype=torch.long, device=device)
         caption_count = torch.zeros(cb[-1], dtype=torch.long, device=device)
-        best_item = best_caption = None
+        # The best ground-truth score of each row and column, in the tiles' dtype (known
+        # from the first tile).
+        best_item = best_caption = torch.empty(0, device=device)
         with torch.no_grad():
             # Pass 1: diagonal tiles hold every ground truth of their rows and columns.
             for b in range(num_blocks):
                 rs, re, cs, ce = ib[b], ib[b + 1], cb[b], cb[b + 1]
                 s = tile(rs, re, cs, ce)
-                if best_item is None:
+                if b == 0:
                     best_item = torch.empty(ib[-1], dtype=s.dtype, device=device)
                     best_caption = torch.empty(cb[-1], dtype=s.dtype, device=device)
                 hit = self.item_group[rs:re, None] == self.caption_group[None, cs:ce]

@@ -150,6 +150,8 @@ def check_split(job: JobSpec, role: str, err: TextIO) -> SplitCheck:
     data = job.data
     screen = Screen(data.on_bad_sample)
     names, key = split_names(data.splits.model_dump(), role)
+    if data.annotations is None:
+        raise UserError(f"data.annotations: required for data.format {data.format!r}")
     source = os.fspath(data.annotations)
     root = os.fspath(data.root) if data.root is not None else None
     entries = read_entries(data.format, data.modality, source, root, names, key, screen)

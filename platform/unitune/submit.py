@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,8 @@ def find_token() -> tuple[str, str] | None:
 
     Raises ``UserError`` when ``RAY_AUTH_TOKEN_PATH`` names a missing or empty file.
     """
-    from ray._raylet import AuthenticationTokenLoader  # Ray 2.60 has no public name for it
+    # Ray 2.60 has no public name for it; _raylet is compiled and its stub lacks the name
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     loader = AuthenticationTokenLoader.instance()
@@ -176,7 +178,7 @@ def plan_submission(
     python: str | None = None,
     allow_local_store: bool = False,
     resume: bool = False,
-    excludes: list[str] = (),
+    excludes: Sequence[str] = (),
 ) -> Submission:
     """The entrypoint and runtime environment that run ``unitune search`` on the cluster.
 
@@ -254,7 +256,7 @@ def plan_submission(
     )
 
 
-def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes=()) -> list[str]:
+def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes: Sequence[str] = ()) -> list[str]:
     """What a submitted search reads, as paths relative to ``project``, sorted: the job file,
     its search space, and the job's data (``data.annotations``; every file under
     ``data.root``) and local model paths (``model.checkpoint``, ``model.image_encoder``,
@@ -314,7 +316,7 @@ def upload_error(exc: Exception, submission: Submission, address: str) -> str:
         sizes = {f: (submission.project / f).stat().st_size for f in submission.files}
         return (
             f"Ray cluster {address} refused the upload: {len(sizes)} files, {sum(sizes.values()) / 2**20:.0f} MiB "
-            f"(the dashboard takes at most {UPLOAD_LIMIT // 2**20} MiB; largest: {max(sizes, key=sizes.get)}); "
+            f"(the dashboard takes at most {UPLOAD_LIMIT // 2**20} MiB; largest: {max(sizes, key=sizes.__getitem__)}); "
             "leave data out with --exclude PATTERN and give the job a data.root the cluster has"
         )
     return f"Ray cluster {address} rejected the job: {text}"

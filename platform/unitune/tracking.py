@@ -26,7 +26,7 @@ import yaml
 
 from unitune import tags as T
 from unitune.cluster import is_remote_address
-from unitune.errors import UserError, mask_uri, redact_log_records, shorten
+from unitune.errors import UserError, mask_uri, redact, redact_log_records, shorten
 from unitune.locks import file_lock
 from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
 
@@ -400,7 +400,7 @@ class Tracker:
         run = self.client.get_run(run_id)
         ref = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
         if urlparse(self.uri).scheme in ("http", "https"):
-            return mask_uri(self.uri.rstrip("/")) + "/" + ref
+            return redact(self.uri.rstrip("/")) + "/" + ref
         return ref
 
 

@@ -78,7 +78,7 @@ def split_names(splits: Mapping[str, str | None], role: str) -> tuple[list[str],
 
 
 def read_entries(
-    fmt: str, modality: str, annotations: str | None, root: str | None, names: list[str], key: str, screen: Screen
+    fmt: str, modality: str, annotations: str, root: str | None, names: list[str], key: str, screen: Screen
 ) -> list[Entry]:
     """Parse the entries of split(s) `names` from an annotation file (no media is opened).
 
@@ -138,7 +138,9 @@ def build_dataset(
         cache_dir = os.fspath(options.pop("cache_dir"))
         size = options["image_size"]
         annotations, root = generate_synthetic(cache_dir, modality=modality, **options), None
-    source = os.fspath(annotations) if annotations is not None else None
+    if annotations is None:
+        raise UserError(f"data.annotations: required for data.format {format!r}")
+    source = os.fspath(annotations)
     entries = read_entries(format, modality, source, os.fspath(root) if root is not None else None, names, key, screen)
     return assemble(
         entries,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -14,6 +15,9 @@ from torch import nn
 from unitune.eval import coco_protocol, retrieval_metrics_from_embeddings
 from unitune.losses import MiningSchedule, NonFiniteSimilarityError, scheduled_loss
 from unitune.train.distributed import gather_batch
+
+if TYPE_CHECKING:
+    from unitune.models.base import DualEncoder
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -28,9 +32,9 @@ class ContrastiveStep(nn.Module):
     averages its gradient over workers like any other parameter.
     """
 
-    def __init__(self, encoder: nn.Module, scale: nn.Module | None = None):
+    def __init__(self, encoder: DualEncoder, scale: nn.Module | None = None):
         super().__init__()
-        self.encoder = encoder
+        self.encoder: DualEncoder = encoder
         self.scale = scale
 
     def forward(
@@ -49,16 +53,20 @@ class ContrastiveStep(nn.Module):
         ``visual_prefix`` [B,*S] / ``video_prefix`` [B,F,*S]. Text: ids/mask [B,L], or the
         cache's ``text_prefix`` dict (see ``DualEncoder.text_prefix``).
         """
-        if visual_prefix is not None or video_prefix is not None:
-            v = self.encoder.encode_visual_prefix(
-                video_prefix if video_prefix is not None else visual_prefix, video=video_prefix is not None
-            )
-        else:
+        if video_prefix is not None:
+            v = self.encoder.encode_visual_prefix(video_prefix, video=True)
+        elif visual_prefix is not None:
+            v = self.encoder.encode_visual_prefix(visual_prefix, video=False)
+        elif visual is not None:
             v = self.encoder.encode_visual(visual)
+        else:
+            raise ValueError("ContrastiveStep: no visual input (visual, visual_prefix or video_prefix)")
         if text_prefix is not None:
             t = self.encoder.encode_text_prefix(text_prefix)
-        else:
+        elif input_ids is not None and attention_mask is not None:
             t = self.encoder.encode_text(input_ids, attention_mask)
+        else:
+            raise ValueError("ContrastiveStep: no text input (input_ids with attention_mask, or text_prefix)")
         return v, t, (self.scale() if self.scale is not None else None)
 
 
@@ -189,7 +197,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def embed_dataset(
-    model: nn.Module, dataset, *, batch_size: int, device: torch.device, precision: str = "auto", cached=None
+    model: DualEncoder, dataset, *, batch_size: int, device: torch.device, precision: str = "auto", cached=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed every item and every caption of a split.
 
@@ -231,7 +239,7 @@ def embed_dataset(
 
 
 def evaluate(
-    model: nn.Module,
+    model: DualEncoder,
     dataset,
     *,
     batch_size: int,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from unitune.config import JobSpec
 from unitune.data import Collator, build_dataset, check_batch_size
@@ -232,6 +232,8 @@ def _fit(
     train_set.transform, train_set.train = encoder.image_transform(train=random_views), random_views
     # The collators hold only the tokenizer: a bound encoder.tokenize would pickle the
     # whole model into every DataLoader worker.
+    train_data: Dataset
+    collate: Callable[[list], dict]
     if cache is not None:
         train_data = CachedPairs(train_set, cache.load(encoder, train_set, device=device))
         collate = CachedCollator(encoder.tokenizer)
@@ -244,7 +246,7 @@ def _fit(
         enable_gradient_checkpointing(encoder, job.model.name)
     scale = LearnableScale(job.loss.gamma, job.loss.max_gamma) if job.loss.learnable_gamma else None
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler = DistributedSampler(
         train_data, num_replicas=world_size, rank=rank, shuffle=True, seed=job.seed, drop_last=True
     )
     # drop_last: every worker needs the same local batch size for the gather, and a tiny
