@@ -102,7 +102,7 @@ def test_searches_and_final_runs_are_linked_by_tags(study):
         mine = [r for r in finals if r.data.tags["unitune.family"] == family]
         assert {r.data.tags["unitune.source_run"] for r in mine} == {best.info.run_id}
         assert all(r.info.status == "FINISHED" and "test_rsum" in r.data.metrics for r in mine)
-        assert {tracker.run_params(r.info.run_id)["seed"] for r in mine} == {"0", "1"}
+        assert {tracker.client.get_run(r.info.run_id).data.params["seed"] for r in mine} == {"0", "1"}
 
 
 @pytest.mark.slow

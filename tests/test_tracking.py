@@ -53,7 +53,7 @@ def test_runs_params_tags_and_parent(tracker):
     assert tracker.run_tags(child)["mlflow.parentRunId"] == parent
     tracker.log_params(child, {"loss.margin": 0.2, "loss.mining": "topk"})
     tracker.log_params(child, {"loss.margin": 0.2})  # idempotent on resume
-    assert tracker.run_params(child) == {"loss.margin": "0.2", "loss.mining": "topk"}
+    assert tracker.client.get_run(child).data.params == {"loss.margin": "0.2", "loss.mining": "topk"}
     tracker.set_tags(child, {"unitune.state": "completed"})
     assert tracker.run_status(child) == "RUNNING"
     tracker.end_run(child, "KILLED")

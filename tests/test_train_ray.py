@@ -57,7 +57,7 @@ def test_train_logs_one_mlflow_run_and_a_loadable_model(tmp_path, monkeypatch, c
     for key in ("rsum", "r1_i2t", "medr_t2i", "train_time_s"):   # evaluation from epoch 0 (before training)
         assert [step for step, _ in tracker.metric_history(run_id, key)] == [0, 1, 2], key
     assert [step for step, _ in tracker.metric_history(run_id, "test_rsum")] == [2]
-    assert tracker.run_params(run_id)["train.epochs"] == "2"
+    assert tracker.client.get_run(run_id).data.params["train.epochs"] == "2"
     assert not any((tmp_path / ".unitune/ray").iterdir())  # resume checkpoints removed
 
     # The Ray Train run is the plain loop: same seed, same numbers as run_training.

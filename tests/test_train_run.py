@@ -37,7 +37,7 @@ def test_failure_marks_run_failed_with_error(tmp_path, monkeypatch, no_ray):
     tracker, run_id = only_run(tmp_path)
     assert tracker.run_status(run_id) == "FAILED"
     assert "trainer exploded" in tracker.run_tags(run_id)["unitune.error"]
-    assert tracker.run_params(run_id)["loss.margin"] == "0.2"
+    assert tracker.client.get_run(run_id).data.params["loss.margin"] == "0.2"
 
 
 def test_ctrl_c_marks_run_killed(tmp_path, monkeypatch, capsys, no_ray):

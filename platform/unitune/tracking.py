@@ -392,9 +392,6 @@ class Tracker:
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
-    def run_params(self, run_id: str) -> dict[str, str]:
-        return dict(self.client.get_run(run_id).data.params)
-
     def run_url(self, run_id: str) -> str:
         """A URL (server stores) or a short reference (local stores) for a run."""
         run = self.client.get_run(run_id)
