@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from unitune.config.job import FieldError
 
@@ -45,7 +46,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def describe_error(error: dict, model: type[BaseModel]) -> tuple[str, str]:
+def describe_error(error: ErrorDetails, model: type[BaseModel]) -> tuple[str, str]:
     """One pydantic error -> (dotted key path, reason in plain words with the value given)."""
     loc = [str(part) for part in error["loc"] if not UNION_TAG.match(str(part))]
     kind, ctx = error["type"], error.get("ctx") or {}

@@ -11,7 +11,7 @@ import functools
 import itertools
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,9 @@ from unitune.config.loading import apply_overrides, read_config
 from unitune.config.messages import describe_error, validation_message
 from unitune.errors import UserError, shorten
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeForm  # pydantic's dependency; only named in a cast here
+
 # Per-epoch metrics a trial reports (``unitune.train``), with the direction that is better.
 METRICS: dict[str, str] = {"rsum": "max", **RETRIEVAL_METRICS, "train_loss": "min"}
 # Per-trial convergence speed (``unitune.search``), usable as Pareto objectives.
@@ -42,6 +45,7 @@ CONVERGENCE_METRICS: dict[str, str] = {
     "normalized_auc": "max",
 }
 Scalar = str | int | float | bool | None
+Mode = Literal["min", "max"]
 MANY_TRIALS = 10_000  # more trials than any search on one cluster finishes: a warning
 
 
@@ -79,13 +83,33 @@ class ParamSpec(Spec):
                 raise FieldError(key, f"must be an integer for type int (got {value!r})")
             if not math.isfinite(value):
                 raise FieldError(key, f"must be finite (got {value!r})")
-        if self.low >= self.high:
-            raise FieldError("high", f"empty range: high must be > low (got low={self.low}, high={self.high})")
+        low, high = self.bounds()
+        if low >= high:
+            raise FieldError("high", f"empty range: high must be > low (got low={low}, high={high})")
         if self.log and self.type != "int":
             raise FieldError("log", f"only for type int (got type {self.type}; use loguniform for a log-scale float)")
-        if (self.type == "loguniform" or self.log) and self.low <= 0:
-            raise FieldError("low", f"must be > 0 on a log scale (got {self.low})")
+        if (self.type == "loguniform" or self.log) and low <= 0:
+            raise FieldError("low", f"must be > 0 on a log scale (got {low})")
         return self
+
+    def bounds(self) -> tuple[int | float, int | float]:
+        """``(low, high)`` of a uniform, loguniform or int parameter (validation requires both)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter has no low/high (only choice parameters lack them)")
+        return self.low, self.high
+
+    def int_bounds(self) -> tuple[int, int]:
+        """``(low, high)`` of an int parameter (validation requires integers)."""
+        low, high = self.bounds()
+        if not (isinstance(low, int) and isinstance(high, int)):
+            raise ValueError(f"a {self.type} parameter has a non-integer bound (low={low!r}, high={high!r})")
+        return low, high
+
+    def choices(self) -> list[Scalar]:
+        """``values`` of a choice parameter (validation requires them)."""
+        if self.values is None:
+            raise ValueError(f"a {self.type} parameter has no values (only choice parameters have them)")
+        return self.values
 
     def condition(self) -> dict[str, list[Scalar]]:
         """``when`` with every value as a list: ``{parent: [accepted values]}``."""
@@ -99,11 +123,12 @@ class ParamSpec(Spec):
         """Values that probe the range: choices, or the ends and two inner points (an inner
         point off any round fraction shows a float range on an integer key)."""
         if self.type == "choice":
-            return list(self.values)
-        inner = [self.low + (self.high - self.low) * f for f in (0.5, 0.3183)]
+            return list(self.choices())
+        low, high = self.bounds()
+        inner: list[int | float] = [low + (high - low) * f for f in (0.5, 0.3183)]
         if self.type == "int":
             inner = [round(v) for v in inner]
-        return [self.low, self.high, *inner]
+        return [low, high, *inner]
 
 
 class AshaSpec(Spec):
@@ -124,12 +149,19 @@ class ObjectiveSpec(Spec):
     """A metric and its mode; ``mode: None`` takes the metric's own direction."""
 
     metric: str
-    mode: Literal["min", "max"] | None = Field(None, validate_default=True)
+    mode: Mode | None = Field(None, validate_default=True)
 
     @field_validator("mode")
     @classmethod
     def _default_mode(cls, mode: str | None, info: ValidationInfo) -> str | None:
-        return mode or (METRICS | CONVERGENCE_METRICS).get(info.data.get("metric"))
+        metric = info.data.get("metric")  # absent when the metric itself failed validation
+        return (mode or (METRICS | CONVERGENCE_METRICS).get(metric)) if isinstance(metric, str) else mode
+
+    def direction(self) -> Mode:
+        """``mode``, filled in by validation from the metric's own direction."""
+        if self.mode is None:
+            raise ValueError(f"objective {self.metric} has no mode (an unknown metric)")
+        return self.mode
 
 
 class SearchSpaceSpec(ObjectiveSpec):
@@ -201,11 +233,12 @@ class SearchSpaceSpec(ObjectiveSpec):
                 raise FieldError(where, f"unknown parameter {parent!r}; searched: {', '.join(self.params)}")
             other = self.params[parent]
             if other.type == "choice":
-                impossible = [v for v in accepted if v not in other.values]
+                impossible = [v for v in accepted if v not in other.choices()]
                 possible = f"one of {other.values}"
             elif other.type == "int":
-                impossible = [v for v in accepted if not (isinstance(v, int) and other.low <= v <= other.high)]
-                possible = f"an integer in [{other.low}, {other.high}]"
+                low, high = other.bounds()
+                impossible = [v for v in accepted if not (isinstance(v, int) and low <= v <= high)]
+                possible = f"an integer in [{low}, {high}]"
             else:
                 raise FieldError(where, f"{parent} is continuous ({other.type}); condition on a choice or int")
             if impossible:
@@ -228,10 +261,10 @@ class SearchSpaceSpec(ObjectiveSpec):
             visit(key, ())
         return list(done.items())
 
-    def objective_names(self) -> tuple[list[str], list[str]]:
+    def objective_names(self) -> tuple[list[str], list[Mode]]:
         """(metrics, modes) of the study: the objectives, or just the metric."""
         objs = self.objectives or [ObjectiveSpec(metric=self.metric, mode=self.mode)]
-        return [o.metric for o in objs], [o.mode for o in objs]
+        return [o.metric for o in objs], [o.direction() for o in objs]
 
 
 @functools.cache
@@ -249,16 +282,21 @@ def job_field_adapter(key: str) -> TypeAdapter:
             allowed = ", ".join(f"{prefix}.{f}" if prefix else f for f in model.model_fields)
             raise KeyError(f"not a job key (allowed here: {allowed})")
         annotation = field.annotation
-        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if i < len(parts) - 1:
-            if not is_section:
+            if section is None:
                 raise KeyError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
-            model = annotation
-        elif is_section:
-            raise KeyError(
-                f"{key} is a section; name one of its keys (e.g. {key}.{next(iter(annotation.model_fields))})"
-            )
-    return TypeAdapter(Annotated[annotation, *field.metadata] if field.metadata else annotation)
+            model = section
+        elif section is not None:
+            raise KeyError(f"{key} is a section; name one of its keys (e.g. {key}.{next(iter(section.model_fields))})")
+        elif annotation is None:  # a model field always has one (``x: None`` gives NoneType)
+            raise KeyError(f"{key} has no type annotation")
+        elif field.metadata:
+            # Annotated[...] built at runtime: a type form, which mypy sees only as a special form
+            return TypeAdapter(cast("TypeForm[Any]", Annotated[annotation, *field.metadata]))
+        else:
+            return TypeAdapter(annotation)
+    raise AssertionError("unreachable: str.split gives at least one part")
 
 
 def _check_job_key(where: str, key: str, values: list[Any], *, continuous: bool) -> None:
@@ -347,7 +385,7 @@ def example_configs(space: SearchSpaceSpec, limit: int = 256) -> list[dict[str, 
     """Sampled configs covering every combination of choices (at most ``limit``), numeric
     parameters at their low and at their high end, conditions applied."""
     ordered = space.ordered_params()
-    choices = [(k, p.values) for k, p in ordered if p.type == "choice"]
+    choices = [(k, p.choices()) for k, p in ordered if p.type == "choice"]
     configs = []
     for combo in itertools.islice(itertools.product(*(v for _, v in choices)), limit):
         picked = dict(zip((k for k, _ in choices), combo))
