@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import yaml
@@ -108,7 +109,7 @@ def init_ray(address: str | None) -> bool:
     return cluster.init_ray(address)
 
 
-def _directions(space: SearchSpaceSpec) -> list[str]:
+def _directions(space: SearchSpaceSpec) -> list[Literal["minimize", "maximize"]]:
     _, modes = space.objective_names()
     return ["minimize" if m == "min" else "maximize" for m in modes]
 
@@ -425,6 +426,8 @@ def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
 
     scheduler = FIFOScheduler()
     if space.asha is not None:
+        if space.asha.max_epochs is None:  # ASHAScheduler would fail on None
+            raise ValueError("asha.max_epochs is unset: load the space with its job (load_space(path, job))")
         scheduler = ASHAScheduler(
             time_attr="epoch",
             metric=space.metric,

@@ -24,9 +24,13 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 30.0
+# What ``signal.signal`` takes and returns (None: a handler not installed from Python).
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class _DropRayAdvice(logging.Filter):
@@ -49,7 +53,7 @@ class Interrupt:
         self.on_first = on_first
         self.resume_hint = resume_hint
         self.signal: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
         self._filter = _DropRayAdvice()
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ray.tune import Callback
 
@@ -25,6 +26,9 @@ from unitune.search.cleanup import drop_checkpoints
 from unitune.search.record import Recorder, trial_label
 from unitune.search.trial import FAILED_KEY, error_message
 from unitune.terminal import duration, num
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 _LIVE: DriverCallback | None = None
 # How the table shows a state (the record's names are longer than a column should be).
@@ -59,8 +63,9 @@ def sort_key(mode: str):
 
     def key(row: dict):
         best = row.get("best")
-        ok = isinstance(best, (int, float)) and best == best
-        return (not ok, sign * best if ok else 0.0, row["name"])
+        if isinstance(best, (int, float)) and best == best:
+            return (False, sign * best, row["name"])
+        return (True, 0.0, row["name"])
 
     return key
 
@@ -88,12 +93,12 @@ class DriverCallback(Callback):
         self.max_epochs = recorder.budget
         self.verbose = verbose
         self.steps = steps
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[str, dict] | None = {}  # None: closed
         self._started = time.monotonic()
         self.console = Console(file=sys.stderr, highlight=False)
         if not self.console.is_terminal:
             self.console.width = max(self.console.width, 160)  # a log file: no wrapped columns
-        self._live = None
+        self._live: Live | None = None
         _LIVE = self
 
     def __reduce__(self):

@@ -80,6 +80,18 @@ def run_name(number: int, config: dict, params: list[str]) -> str:
     return " ".join([trial_label(number), *shown])
 
 
+def _all_finite(values: list[float | None] | None) -> list[float] | None:
+    """``values`` when every one is a finite number, else None."""
+    if values is None:
+        return None
+    finite: list[float] = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            return None
+        finite.append(v)
+    return finite
+
+
 @dataclass
 class _Open:
     run_id: str
@@ -119,7 +131,7 @@ class Recorder:
                 return t
         raise KeyError(f"no Optuna trial for Tune trial {trial_id} in study {self.study.study_name}")
 
-    def _tell(self, number: int, state: str, values: list[float] | None, reason: str | None) -> None:
+    def _tell(self, number: int, state: str, values: list[float | None] | None, reason: str | None) -> None:
         frozen = self.study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():
             return
@@ -129,8 +141,8 @@ class Recorder:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
         elif state == "stopped_by_asha":  # its value: the last intermediate value (one objective)
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
-        elif values is not None and all(v is not None and math.isfinite(v) for v in values):
-            self.study.tell(number, values if not self.single else values[0])
+        elif (finite := _all_finite(values)) is not None:
+            self.study.tell(number, finite if not self.single else finite[0])
         else:
             trial.set_user_attr("fail_reason", "no finite value of the objective")
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
@@ -141,6 +153,7 @@ class Recorder:
         tracker, setup = self.setup.tracker, self.setup
         number = self.optuna_trial(trial_id).number
         run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})
+        state: str | None  # the run's state tag (None: a run without one)
         if run_id is None:  # continued under a new Tune id after the driver died
             run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.OPTUNA_TRIAL: number})
             if run_id is not None:

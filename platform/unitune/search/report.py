@@ -12,7 +12,9 @@ import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import yaml
@@ -24,6 +26,9 @@ from unitune.search.record import trial_label
 from unitune.search.trial import TrialSetup, read_curve
 from unitune.terminal import num
 from unitune.tracking import param_value
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def pareto_front(storage, search_id: str) -> list[optuna.trial.FrozenTrial]:
@@ -202,6 +207,7 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from optuna.visualization import matplotlib as ovm
 
     study = optuna.load_study(study_name=setup.search_id, storage=storage)
@@ -211,7 +217,9 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
     # A Pareto study has no single objective: plot the first (the study metric). Importance
     # with an explicit target ranks parameters for *low* values, so a max metric is negated.
     sign = -1.0 if setup.mode == "max" else 1.0
-    plots = [("parallel_coordinates.png", ovm.plot_parallel_coordinate, lambda t: t.values[0])]
+    plots: list[tuple[str, Callable[..., Axes], Callable[[optuna.trial.FrozenTrial], float]]] = [
+        ("parallel_coordinates.png", ovm.plot_parallel_coordinate, lambda t: t.values[0])
+    ]
     if len(done) >= 3:
         plots.append(("param_importances.png", ovm.plot_param_importances, lambda t: sign * t.values[0]))
     for name, plot, target in plots:
@@ -219,9 +227,12 @@ def _optuna_plots(setup: TrialSetup, storage, out: Path) -> None:
             with _quiet(), matplotlib.rc_context({"font.size": 10, "legend.fontsize": LEGEND_PT}):
                 ax = plot(study, target=target, target_name=setup.metric)
                 _label(ax, name, setup.metric)
-                ax.figure.tight_layout()
-                ax.figure.savefig(out / name, dpi=120)
-            plt.close(ax.figure)
+                fig = ax.figure
+                if not isinstance(fig, Figure):  # optuna draws each plot on a figure of its own
+                    raise TypeError(f"{name}: optuna drew on a subfigure")
+                fig.tight_layout()
+                fig.savefig(out / name, dpi=120)
+            plt.close(fig)
         except (ValueError, RuntimeError, ZeroDivisionError):
             # e.g. importance needs at least one parameter that varied over complete trials
             plt.close("all")
@@ -306,18 +317,19 @@ def bound_warnings(summary: dict, space: SearchSpaceSpec, margin: float = 0.05) 
         if param.type == "choice" or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         log = param.type == "loguniform" or getattr(param, "log", False)
-        low, high, v = (math.log(x) for x in (param.low, param.high, value)) if log else (param.low, param.high, value)
+        p_low, p_high = param.bounds()
+        low, high, v = (math.log(x) for x in (p_low, p_high, value)) if log else (p_low, p_high, value)
         if high <= low:
             continue
         where = (v - low) / (high - low)
-        if where <= margin and not (param.low == 0 and not log):
+        if where <= margin and not (p_low == 0 and not log):
             out.append(
-                f"best {name}={value:.4g} lies at the low end of its range [{param.low:g}, {param.high:g}]: "
+                f"best {name}={value:.4g} lies at the low end of its range [{p_low:g}, {p_high:g}]: "
                 f"widen {name}'s low bound"
             )
         elif where >= 1 - margin:
             out.append(
-                f"best {name}={value:.4g} lies at the high end of its range [{param.low:g}, {param.high:g}]: "
+                f"best {name}={value:.4g} lies at the high end of its range [{p_low:g}, {p_high:g}]: "
                 f"widen {name}'s high bound"
             )
     return out

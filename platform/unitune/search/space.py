@@ -11,7 +11,7 @@ parameters jointly).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -21,13 +21,11 @@ from unitune.config import ParamSpec, SearchSpaceSpec
 
 def distribution(param: ParamSpec) -> optuna.distributions.BaseDistribution:
     """The Optuna distribution of one parameter (what :func:`define_by_run` samples)."""
-    if param.type == "uniform":
-        return optuna.distributions.FloatDistribution(param.low, param.high)
-    if param.type == "loguniform":
-        return optuna.distributions.FloatDistribution(param.low, param.high, log=True)
+    if param.type == "choice":
+        return optuna.distributions.CategoricalDistribution(list(param.choices()))
     if param.type == "int":
-        return optuna.distributions.IntDistribution(param.low, param.high, log=param.log)
-    return optuna.distributions.CategoricalDistribution(list(param.values))
+        return optuna.distributions.IntDistribution(*param.int_bounds(), log=param.log)
+    return optuna.distributions.FloatDistribution(*param.bounds(), log=param.type == "loguniform")
 
 
 class DefineByRun:
@@ -49,11 +47,11 @@ class DefineByRun:
             if not param.is_active(sampled):
                 continue
             if param.type == "choice":
-                sampled[name] = trial.suggest_categorical(name, list(param.values))
+                sampled[name] = trial.suggest_categorical(name, list(param.choices()))
             elif param.type == "int":
-                sampled[name] = trial.suggest_int(name, param.low, param.high, log=param.log)
+                sampled[name] = trial.suggest_int(name, *param.int_bounds(), log=param.log)
             else:
-                sampled[name] = trial.suggest_float(name, param.low, param.high, log=param.type == "loguniform")
+                sampled[name] = trial.suggest_float(name, *param.bounds(), log=param.type == "loguniform")
         return dict(self.fixed)
 
 
@@ -90,7 +88,8 @@ def make_searcher(
     Each Optuna trial carries the Tune trial id as user attribute ``trial_id``.
     """
     metrics, modes = spec.objective_names()
-    metric, mode = (metrics, modes) if spec.objectives else (metrics[0], modes[0])
+    metric: str | list[str] = metrics if spec.objectives else metrics[0]
+    mode: str | list[str] = list(modes) if spec.objectives else modes[0]
     return TaggedOptunaSearch(
         space=define_by_run(spec),
         metric=metric,
@@ -118,7 +117,9 @@ class TaggedOptunaSearch(OptunaSearch):
             orphan = self._next_orphan()
             if orphan is not None:
                 previous = orphan.user_attrs.get("trial_id")
-                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+                # Ray's __init__ sets _ot_study to None (mypy's type of it); the study is set up by now
+                study = cast(optuna.Study, self._ot_study)
+                self._ot_trials[trial_id] = optuna.trial.Trial(study, orphan._trial_id)
                 if previous:
                     self._ot_trials[trial_id].set_user_attr("previous_trial_id", previous)
         config = super().suggest(trial_id)
