@@ -331,7 +331,7 @@ class DualEncoder(nn.Module):
 
     def encode_visual_prefix(self, prefix: torch.Tensor, *, video: bool = False) -> torch.Tensor:
         """Cached prefixes of images `[B, *S]` or videos `[B, F, *S]` -> L2-normalised `[B, D]`."""
-        k = self.frozen_split()["visual"]
+        k = self._split("visual")
         if not video:
             return F.normalize(self.visual_suffix(prefix, k), dim=-1)
         batch, num_frames = prefix.shape[:2]
@@ -340,7 +340,14 @@ class DualEncoder(nn.Module):
 
     def encode_text_prefix(self, prefix: dict[str, torch.Tensor]) -> torch.Tensor:
         """A cached text prefix (see `text_prefix`) -> L2-normalised `[B, D]`."""
-        return F.normalize(self.text_suffix(prefix, self.frozen_split()["text"]), dim=-1)
+        return F.normalize(self.text_suffix(prefix, self._split("text")), dim=-1)
+
+    def _split(self, tower: str) -> int:
+        """`frozen_split()[tower]` of a tower whose prefix is cached (so it is split)."""
+        k = self.frozen_split()[tower]
+        if k is None:
+            raise ValueError(f"the {tower} tower is not split: it has no frozen prefix to continue from")
+        return k
 
     def tower_digest(self, tower: str) -> str:
         """sha256 of the frozen weights (parameters and buffers) of `tower`'s body: what its

@@ -9,7 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+)
 from transformers.masking_utils import create_causal_mask
 
 from unitune.errors import UserError
@@ -20,6 +27,31 @@ from unitune.models.transforms import CLIP_MEAN, CLIP_STD, ImageTransform, trans
 # transformers' CLIPTextModel pools argmax(input_ids) when eos_token_id == 2 (configs from
 # before its PR #24773); any other id pools the first position holding that id.
 _LEGACY_EOS_ID = 2
+
+
+def vision_config(config: CLIPConfig) -> CLIPVisionConfig:
+    """``config.vision_config``: transformers types it ``dict | CLIPVisionConfig | None``; a
+    built config holds a CLIPVisionConfig (``__post_init__`` converts a dict)."""
+    vision = config.vision_config
+    if not isinstance(vision, CLIPVisionConfig):
+        raise TypeError(f"CLIPConfig.vision_config is a {type(vision).__name__}, not a CLIPVisionConfig")
+    return vision
+
+
+def text_config(config: CLIPConfig) -> CLIPTextConfig:
+    """``config.text_config`` (see :func:`vision_config`)."""
+    text = config.text_config
+    if not isinstance(text, CLIPTextConfig):
+        raise TypeError(f"CLIPConfig.text_config is a {type(text).__name__}, not a CLIPTextConfig")
+    return text
+
+
+def image_size(config: CLIPConfig) -> int:
+    """The vision tower's square input size."""
+    size = vision_config(config).image_size
+    if not isinstance(size, int):
+        raise TypeError(f"CLIPVisionConfig.image_size is {size!r}, not one integer")
+    return size
 
 
 class CLIPDualEncoder(DualEncoder):
@@ -33,7 +65,10 @@ class CLIPDualEncoder(DualEncoder):
     name = "clip"
 
     def __init__(self, config: dict, clip: CLIPModel, tokenizer: Callable, processor=None):
-        super().__init__(config, tokenizer, clip.config.projection_dim)
+        embed_dim = clip.config.projection_dim
+        if embed_dim is None:  # CLIPModel builds its projections with it: never None here
+            raise TypeError("CLIPConfig.projection_dim is None")
+        super().__init__(config, tokenizer, embed_dim)
         self.clip = clip
         self.processor = processor
         self.clip.logit_scale.requires_grad_(False)
@@ -119,10 +154,12 @@ class CLIPDualEncoder(DualEncoder):
     def image_transform(self, train: bool) -> ImageTransform:
         if self.processor is not None:
             return transform_from_processor(self.processor, train)
-        size = self.clip.config.vision_config.image_size
+        size = image_size(self.clip.config)
         return ImageTransform(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, train=train)
 
     def save_assets(self, directory: Path) -> None:
+        if not isinstance(self.tokenizer, HFTokenizer):  # from_config gives it one
+            raise TypeError(f"a clip model saves a Hugging Face tokenizer, not a {type(self.tokenizer).__name__}")
         hf_dir = Path(directory) / "hf"
         self.clip.config.save_pretrained(hf_dir)
         self.tokenizer.tokenizer.save_pretrained(hf_dir)
@@ -152,11 +189,12 @@ class CLIPDualEncoder(DualEncoder):
             processor = AutoImageProcessor.from_pretrained(source)
         except OSError:  # no preprocessor_config.json: fall back to the vision config
             processor = None
-        eos_id = clip.config.text_config.eos_token_id
+        text = text_config(clip.config)
+        eos_id = text.eos_token_id
         if eos_id != _LEGACY_EOS_ID and tokenizer.eos_token_id != eos_id:
             raise UserError(
                 f"{key}: tokenizer eos_token_id {tokenizer.eos_token_id} != "
                 f"text_config.eos_token_id {eos_id} in {str(source)!r}"
             )
-        length = max_length(tokenizer, clip.config.text_config.max_position_embeddings)
+        length = max_length(tokenizer, text.max_position_embeddings)
         return cls(config, clip, HFTokenizer(tokenizer, length), processor)

@@ -16,7 +16,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from unitune.errors import UserError
-from unitune.models.clip import CLIPDualEncoder
+from unitune.models.clip import CLIPDualEncoder, image_size
 from unitune.models.transforms import CLIP_MEAN, CLIP_STD, ImageTransform
 
 # width/layers/heads per tower; max_length counts BOS and EOS.
@@ -133,10 +133,12 @@ class TinyCLIP(CLIPDualEncoder):
     name = "tiny"
 
     def image_transform(self, train: bool) -> ImageTransform:
-        size = self.clip.config.vision_config.image_size
+        size = image_size(self.clip.config)
         return ImageTransform(resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, train=train)
 
     def save_assets(self, directory: Path) -> None:
+        if not isinstance(self.tokenizer, WordTokenizer):  # from_config gives it one
+            raise TypeError(f"a tiny model saves a WordTokenizer, not a {type(self.tokenizer).__name__}")
         vocab = {"vocab": self.tokenizer.vocab, "max_length": self.tokenizer.max_length}
         (Path(directory) / "vocab.json").write_text(json.dumps(vocab))
 

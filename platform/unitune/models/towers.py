@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedModel
 
 from unitune.errors import UserError
 from unitune.models.base import generic_layout
@@ -182,7 +182,7 @@ class HFImageTower(ImageTower):
     """A Hugging Face vision model (ViT, DINOv2, CLIPVisionModel, ...) from a local directory:
     its pooler output, else the mean of its last hidden states."""
 
-    def __init__(self, model: nn.Module, processor):
+    def __init__(self, model: PreTrainedModel, processor):
         super().__init__()
         self.model, self.processor = model, processor
         self.out_dim = model.config.hidden_size

@@ -22,4 +22,6 @@ def transform_from_processor(processor: Any, train: bool) -> ImageTransform:
     size, crop_size = processor.size, getattr(processor, "crop_size", None) or processor.size
     crop = _entry(crop_size, "height") or _entry(crop_size, "shortest_edge")
     resize = _entry(size, "shortest_edge") or _entry(size, "height") or crop
+    if resize is None or crop is None:
+        raise ValueError(f"{type(processor).__name__}: no height or shortest_edge in its size {size!r}")
     return ImageTransform(resize=resize, crop=crop, mean=processor.image_mean, std=processor.image_std, train=train)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from unitune.errors import UserError
@@ -35,12 +35,14 @@ class TextTower(nn.Module):
     forward: input_ids, attention_mask `[B, L]` -> `[B, hidden_size]`.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: PreTrainedModel):
         super().__init__()
         if getattr(model, "pooler", None) is not None:
-            model.pooler = None  # BERT's pooler is unused: no parameter without a gradient
+            # BERT's pooler is unused: no parameter without a gradient. torch types the values
+            # of Module.__setattr__ as Tensor | Module, but None clears a submodule.
+            model.pooler = None  # type: ignore[assignment]
         self.model = model
-        self.out_dim = model.config.hidden_size
+        self.out_dim: int = model.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -72,7 +74,10 @@ class TextTower(nn.Module):
         """-> `{"hidden": [B, L, H], "attention_mask"}` after layer k, or `{"pooled"}` when k = all."""
         if k == len(self.layers()):
             return {"pooled": self(input_ids, attention_mask)}
-        hidden = self.model.embeddings(input_ids=input_ids)
+        embeddings = self.model.embeddings
+        if not isinstance(embeddings, nn.Module):  # a BERT-family encoder (can_split)
+            raise TypeError(f"{type(self.model).__name__}.embeddings is not a module")
+        hidden = embeddings(input_ids=input_ids)
         mask = self._mask(hidden, attention_mask)
         for layer in self.layers()[:k]:
             hidden = layer(hidden, mask)
@@ -148,6 +153,8 @@ class TwoTowerEncoder(DualEncoder):
 
     def save_assets(self, directory: Path) -> None:
         text_dir = Path(directory) / "text"
+        if not isinstance(self.tokenizer, HFTokenizer):  # from_config gives it one
+            raise TypeError(f"a two_tower model saves a Hugging Face tokenizer, not a {type(self.tokenizer).__name__}")
         self.text_tower.model.config.save_pretrained(text_dir)
         self.tokenizer.tokenizer.save_pretrained(text_dir)
         self.image_tower.save_assets(Path(directory) / "image")
