@@ -114,7 +114,7 @@ def shutdown_ray() -> None:
 def _start_private(log_to_driver: bool) -> None:
     import ray
     from ray._private import ray_constants
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # not in ray's _raylet.pyi
 
     global _saved_env
     port = free_port()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 # scheme://user:password@host or scheme://token@host: the credentials part.
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/:@?#]*)(?::[^\s/@?#]*)?@")
@@ -62,9 +64,19 @@ def redact_log_records() -> None:
     previous = logging.getLogRecordFactory()
     if getattr(previous, "unitune_redacts", False):
         return
+    logging.setLogRecordFactory(_RedactingFactory(previous))
 
-    def factory(*args, **kwargs) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+
+class _RedactingFactory:
+    """The log record factory ``previous``, with ``redact`` applied to each record's message."""
+
+    unitune_redacts = True  # installed already: redact_log_records does nothing
+
+    def __init__(self, previous: Callable[..., logging.LogRecord]):
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is logging's to report
@@ -74,9 +86,6 @@ def redact_log_records() -> None:
             if masked != message:
                 record.msg, record.args = masked, ()
         return record
-
-    factory.unitune_redacts = True
-    logging.setLogRecordFactory(factory)
 
 
 class UserError(ValueError):

@@ -160,11 +160,12 @@ SQLITE_LOCKED_HINT = (
 def sqlite_locked(exc: BaseException) -> bool:
     """True when ``exc`` (or an error it was raised from) is sqlite's "database is locked"."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        if SQLITE_LOCKED in str(exc):
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if SQLITE_LOCKED in str(current):
             return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

@@ -14,6 +14,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.progress import Progress, TaskID
 
 EVERY_S = 0.5  # worker -> actor
 PLAIN_EVERY_S = 30.0  # plain progress lines when stdout is not a terminal
@@ -22,7 +27,7 @@ PLAIN_EVERY_S = 30.0  # plain progress lines when stdout is not a terminal
 class _Board:
     """The latest step of the running epoch, and lines to print (a Ray actor)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.state: dict | None = None
         self.lines: list[str] = []
 
@@ -90,14 +95,16 @@ class StepProgress:
         # The stream now, not at write time: the run's stdout goes to the log file meanwhile.
         self.console = console or Console(file=sys.stdout, highlight=False)
         # Without Ray (a run in this process) there is nothing to draw: ``reporter`` is None.
-        self.board = ray.remote(num_cpus=0)(_Board).remote() if ray.is_initialized() else None
+        # A Ray actor handle of _Board (Ray types the calls of ``@ray.method`` methods only).
+        self.board: Any | None = ray.remote(num_cpus=0)(_Board).remote() if ray.is_initialized() else None
         self.reporter = StepReporter(self.board) if self.board is not None else None
         self.terminal = self.console.is_terminal
         self.own_display = own_display
         self.state: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True, name="unitune-progress")
-        self._progress = self._task = self._live = None
+        self._bar: tuple[Progress, TaskID] | None = None  # the progress bar and its one task
+        self._live: Live | None = None
         self._last_plain = time.monotonic()
 
     def __enter__(self) -> StepProgress:
@@ -132,10 +139,10 @@ class StepProgress:
         state = self.state
         if state is None:
             return None
-        if self._progress is None:
+        if self._bar is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self._progress = Progress(
+            bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -143,18 +150,19 @@ class StepProgress:
                 console=self.console,
                 auto_refresh=False,
             )
-            self._task = self._progress.add_task("", total=state["steps"], rate="", left="")
+            self._bar = bar, bar.add_task("", total=state["steps"], rate="", left="")
+        progress, task = self._bar
         from unitune.terminal import duration
 
-        self._progress.update(
-            self._task,
+        progress.update(
+            task,
             description=f"epoch {state['epoch']}/{self.epochs}",
             total=state["steps"],
             completed=state["step"],
             rate=_rate(state["rate"]),
             left=duration(state["left"]),
         )
-        return self._progress.get_renderable()
+        return progress.get_renderable()
 
     def _poll(self) -> None:
         while not self._stop.wait(EVERY_S):
@@ -163,6 +171,8 @@ class StepProgress:
     def _read(self) -> None:
         import ray
 
+        if self.board is None:  # the thread runs only with a board
+            return
         try:
             state, lines = ray.get(self.board.read.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - Ray shutting down: the bar only stops

@@ -135,7 +135,8 @@ def close_log() -> Path | None:
         return None
     root = logging.getLogger()
     root.removeHandler(_file)
-    root.removeHandler(_console)
+    if _console is not None:  # open_log sets both
+        root.removeHandler(_console)
     if _saved_level is not None:
         root.setLevel(_saved_level)
     logging.captureWarnings(False)

@@ -116,7 +116,9 @@ class RetrievalDataset(Dataset):
         if any(entry.group is not None for entry in entries):
             codes: dict = {}
             keys = [entry.group if entry.group is not None else ("item", entry.item_id) for entry in entries]
-            self.item_groups = torch.tensor([codes.setdefault(key, len(codes)) for key in keys], dtype=torch.long)
+            self.item_groups: torch.Tensor | None = torch.tensor(
+                [codes.setdefault(key, len(codes)) for key in keys], dtype=torch.long
+            )
         else:
             self.item_groups = None
         positive = self.item_groups if self.item_groups is not None else self.item_ids

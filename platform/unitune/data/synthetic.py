@@ -82,7 +82,7 @@ def _random_object(rng: random.Random):
 
 def _random_image_scene(rng: random.Random) -> dict:
     count = rng.choices((1, 2, 3), weights=(2, 5, 3))[0]
-    objects = []
+    objects: list[tuple[str, str, str]] = []
     while len(objects) < count:
         obj = _random_object(rng)
         if obj not in objects:

@@ -59,8 +59,11 @@ def _freezes(job) -> bool:
 def cache_directory(job) -> Path | None:
     """Where the job's entries live, or None when ``data.feature_cache: off``."""
     value = setting(job)
-    if value == "off":
-        return None
+    return None if value == "off" else _directory(value)
+
+
+def _directory(value: str) -> Path:
+    """The directory of a ``data.feature_cache`` setting other than ``off``."""
     if value == "auto":
         return Path(os.environ.get(DIR_ENV) or Path.cwd() / AUTO_DIR).resolve()
     return Path(value).expanduser().resolve()
@@ -100,7 +103,7 @@ def check(job) -> Path | None:
             f"{KEY}: {value} caches one deterministic view per item, but data.augment is true "
             "(random augmentation); set data.feature_cache: off or data.augment: false"
         )
-    directory = cache_directory(job)
+    directory = _directory(value)
     check_writable(directory)
     if value == "auto":
         os.environ.setdefault(DIR_ENV, str(directory))
@@ -160,7 +163,7 @@ def open_cache(job, model) -> FeatureCache | None:
         return None
     if augment(job) is True:
         check(job)  # raises: a cache directory and random augmentation
-    directory = cache_directory(job)
+    directory = _directory(value)
     return FeatureCache(directory, split, batch_size=job.train.eval_batch_size, num_workers=job.data.num_workers)
 
 

@@ -87,11 +87,15 @@ class CachedSplit:
 
     def visual_prefix(self, index) -> torch.Tensor:
         """Prefix of item(s) ``index`` (int or index tensor)."""
+        if self.visual is None:
+            raise ValueError("the visual tower's prefixes are not cached")
         return self.visual["prefix"][index]
 
     def text_sample(self, j: int) -> dict[str, torch.Tensor]:
         """Caption ``j``'s prefix: ``{"hidden": [len_j, H], extras}`` or ``{"pooled": [H]}``."""
         text = self.text
+        if text is None:
+            raise ValueError("the text tower's prefixes are not cached")
         row = int(text["caption_index"][j])
         per_row = {
             name: value[row] for name, value in text.items() if name not in ("hidden", "offsets", "caption_index")
@@ -158,7 +162,9 @@ class CachedCollator:
         self.tokenize = tokenize
 
     def __call__(self, samples: list[dict]) -> dict:
-        batch = {"positive_id": torch.tensor([s["positive_id"] for s in samples], dtype=torch.long)}
+        batch: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {
+            "positive_id": torch.tensor([s["positive_id"] for s in samples], dtype=torch.long)
+        }
         for name in ("visual", "visual_prefix", "video_prefix"):
             if name in samples[0]:
                 batch[name] = torch.stack([s[name] for s in samples])

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from unitune.models.base import DualEncoder
 
 # Parameters of these modules are never decayed: shrinking a norm's gain or an embedding
 # table towards zero is not regularisation, it changes what the layer can represent.
@@ -30,7 +34,7 @@ def no_decay_ids(module: nn.Module) -> set[int]:
     return ids
 
 
-def build_optimizer(model: nn.Module, optim, scale: nn.Module | None = None) -> torch.optim.AdamW:
+def build_optimizer(model: DualEncoder, optim, scale: nn.Module | None = None) -> torch.optim.AdamW:
     """AdamW over the model's towers (and the learnable scale, if any).
 
     Args:

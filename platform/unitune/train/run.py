@@ -25,8 +25,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
-from ray.train.torch import TorchTrainer
+from ray.train import UserCallback
+
+# The classes ray.train and ray.train.torch export under Ray Train v2 (the default; LoggingConfig
+# and UserCallback exist only there): they pick them at import time, mypy sees the v1 ones.
+from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.v2.torch.torch_trainer import TorchTrainer
 
 from unitune import tags as T
 from unitune import terminal, tracking
@@ -224,7 +228,10 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         )
         with steps, terminal.to_log():
             result = trainer.fit()
-        with result.checkpoint.as_directory() as directory:
+        checkpoint, metrics = result.checkpoint, result.metrics
+        if checkpoint is None or metrics is None:  # the workers report both (unitune.train.worker)
+            raise RuntimeError(f"the training run {name} ended without a checkpoint and metrics")
+        with checkpoint.as_directory() as directory:
             # The saved model (`unitune eval --run`, `load_model`) and the MLflow model around it.
             tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
             from unitune import pyfunc
@@ -234,12 +241,12 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
                     tracker,
                     run_id,
                     Path(directory) / MODEL_DIR,
-                    step=int(result.metrics["epoch"]),
+                    step=int(metrics["epoch"]),
                     register_as=job.tracking.register_as,
                 )
         # The model is in MLflow now; the resume checkpoints of a finished run are not needed.
         shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
-        out(format_table(result.metrics))
+        out(format_table(metrics))
         out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {mask_uri(tracker.uri)}")
         registered = f"models:/{job.tracking.register_as}/{version}" if version else None
         out(
@@ -248,7 +255,7 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
             + ")"
         )
         status = "FINISHED"
-        return {**result.metrics, "run_id": run_id, "model_uri": registered or model_uri}
+        return {**metrics, "run_id": run_id, "model_uri": registered or model_uri}
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise KeyboardInterrupt from None
