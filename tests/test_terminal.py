@@ -131,3 +131,15 @@ def test_the_demo_table_fits_80_columns_without_cutting_a_cell():
     assert all(len(line) <= 80 for line in lines)
     assert "…" not in "\n".join(lines)
     assert "0.000602" in "\n".join(lines) and "completed" in "\n".join(lines)
+
+
+def test_text_table_aligns_without_cutting_or_reading_markup():
+    long = "loss.margin=0.2, " * 20  # 340 characters: never wrapped or cut
+    rows = [["t0", "[bold]x[/bold]", "288.4"], ["t10", long.strip(), "2.5"]]
+    lines = terminal.text_table(["trial", "params", "rsum"], rows, [False, False, True]).splitlines()
+    assert len(lines) == 3
+    assert lines[1].startswith("t0 ") and "[bold]x[/bold]" in lines[1] and long.strip() in lines[2]
+    # Reference: left columns start where their header starts; right columns end together.
+    assert lines[1].index("[bold]") == lines[2].index("loss.margin") == lines[0].index("params")
+    assert len(lines[0]) == len(lines[1]) == len(lines[2])  # rsum right-aligned: one right edge
+    assert lines[0].index("params") - len("trial") >= 2  # at least two spaces between columns

@@ -16,6 +16,7 @@ import tempfile
 
 from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.errors import UserError
+from unitune.terminal import text_table
 
 SPLITS = ("train", "val", "test")
 ROWS = RETRIEVAL_METRIC_KEYS
@@ -93,12 +94,12 @@ def format_metrics(metrics: dict, split: str) -> str:
     def cell(v):
         return f"{v:.2f}" if math.isfinite(v) else str(v)
 
-    rows = [k for k in ROWS if k in metrics]
-    if not any(f"folds_{k}" in metrics for k in rows):
-        return "\n".join([f"{'metric':<10} {split:>9}", *(f"{k:<10} {cell(metrics[k]):>9}" for k in rows)])
-    lines = [f"{'metric':<10} {split:>9} {'fold mean':>9}"]
-    lines += [f"{k:<10} {cell(metrics[k]):>9} {cell(metrics[f'folds_{k}']):>9}" for k in rows]
-    return "\n".join(lines)
+    keys = [k for k in ROWS if k in metrics]
+    prefixes = {split: ""}
+    if any(f"folds_{k}" in metrics for k in keys):
+        prefixes["fold mean"] = "folds_"
+    rows = [[k, *(cell(metrics[prefix + k]) for prefix in prefixes.values())] for k in keys]
+    return text_table(["metric", *prefixes], rows, [False] + [True] * len(prefixes))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ import yaml
 from unitune import tags as T
 from unitune.errors import UserError
 from unitune.tags import FINISHED_STATES
+from unitune.terminal import text_table
 from unitune.tracking import DEFAULT_STORE, local_store_path, param_value, tag_filter
 
 
@@ -329,9 +330,8 @@ def format_front(front: list[Trial], objectives: list[tuple[str, str]]) -> str:
         ]
         for t in front
     ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [heads, *rows]]
-    return "\n".join([f"Pareto front: {len(front)} trial(s); export one with --trial ID", *lines])
+    table = text_table(heads, rows, [False] * len(heads))
+    return "\n".join([f"Pareto front: {len(front)} trial(s); export one with --trial ID", table])
 
 
 def final_job(base: dict, trial: Trial):

@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 LOG_DIR = Path(".unitune") / "logs"
@@ -199,3 +200,22 @@ def is_terminal(stream=None) -> bool:
     """Whether ``stream`` (stdout) is a terminal a progress bar can redraw."""
     stream = stream if stream is not None else sys.stdout
     return hasattr(stream, "isatty") and stream.isatty()
+
+
+def text_table(heads: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    """A borderless plain-text table (rich's ``Table``): columns two spaces apart, those
+    flagged in ``right`` right-aligned; no cell is cut or wrapped and no markup is read."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="")
+    for head, flush_right in zip(heads, right):
+        table.add_column(Text(head), justify="right" if flush_right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    out = io.StringIO()
+    Console(file=out, width=100_000, color_system=None, highlight=False).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from unitune.terminal import text_table
+
 FORMATS = ("table", "csv", "json")
 
 
@@ -96,15 +98,6 @@ def _cell(value) -> str:
     return num(value)
 
 
-def _grid(heads: list[str], rows: list[list[str]], numeric: list[bool]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(heads)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()
-
-    return "\n".join([line(heads), *(line(r) for r in rows)])
-
-
 def _trials_table(frame) -> str:
     a = frame.attrs
     metric = a["metric"]
@@ -131,7 +124,7 @@ def _trials_table(frame) -> str:
     numeric = [c not in ("run_name", "state") and frame[c].map(_is_number).all() for c, _ in columns]
     order = a.get("sorted_by", f"best {metric} ({a['mode']})")
     title = f"search {a['search_id']} (experiment {a['experiment']}): {len(frame)} trials, by {order}"
-    return "\n".join([title, _grid([h for _, h in columns], rows, numeric)])
+    return "\n".join([title, text_table([h for _, h in columns], rows, numeric)])
 
 
 def _compare_table(frame) -> str:
@@ -153,7 +146,7 @@ def _compare_table(frame) -> str:
         for _, r in frame.iterrows()
     ]
     numeric = [c in ("best", "median", "trials", "trial_epochs", *STATES) for c, _ in columns]
-    return _grid([h for _, h in columns], rows, numeric)
+    return text_table([h for _, h in columns], rows, numeric)
 
 
 def _is_number(value) -> bool:

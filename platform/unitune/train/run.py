@@ -38,7 +38,7 @@ from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
-from unitune.terminal import num
+from unitune.terminal import num, text_table
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
 from unitune.train.worker import MODEL_DIR, train_loop_per_worker
@@ -148,15 +148,20 @@ def format_table(metrics: dict) -> str:
     def cell(value) -> str:
         return "-" if value is None else f"{value:.2f}" if math.isfinite(value) else str(value)
 
-    lines = [f"{'metric':<10} {'val':>9} {'test':>9}"]
-    for key in TABLE_KEYS:
-        if key in metrics or f"test_{key}" in metrics:
-            lines.append(f"{key:<10} {cell(metrics.get(key)):>9} {cell(metrics.get(f'test_{key}')):>9}")
-    lines.append(
+    prefixes = {"val": "", "test": "test_"}
+    if any(key.startswith("test_folds_") for key in metrics):
+        prefixes["test fold mean"] = "test_folds_"  # data.test_folds (COCO 1K)
+    rows = [
+        [key, *(cell(metrics.get(prefix + key)) for prefix in prefixes.values())]
+        for key in TABLE_KEYS
+        if key in metrics or f"test_{key}" in metrics
+    ]
+    table = text_table(["metric", *prefixes], rows, [False] + [True] * len(prefixes))
+    summary = (
         f"epochs {num(metrics.get('epoch'))}, train loss {num(metrics.get('train_loss'))}, "
         f"train time {num(metrics.get('train_time_s'))} s"
     )
-    return "\n".join(lines)
+    return "\n".join([table, summary])
 
 
 def worker_user_error(exc: Exception) -> UserError | None:
