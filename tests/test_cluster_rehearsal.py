@@ -247,8 +247,10 @@ def test_tracking_server_restarted_mid_search(env, capsys):
     calls wait and retry (unitune.probes.SERVER_RETRIES), the search completes, and what was
     logged before the restart is all there."""
     client = mlflow_client(env)
+    # 4096 items (256 steps an epoch): epochs 2 and 3 outlast the poll below, so the outage
+    # falls while trials still log (with TINY's 64 items they could finish before it began).
     job_id = submit_search(env, capsys, "rehearsal-restart", "search.num_trials=2", "search.max_concurrent=2",
-                           "train.epochs=3")
+                           "train.epochs=3", "data.synthetic.num_train=4096")
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while True:   # a trial has logged an epoch of training
         assert time.monotonic() < deadline
