@@ -22,6 +22,9 @@ import contextlib
 import math
 import os
 import shutil
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +174,8 @@ def worker_user_error(exc: Exception) -> UserError | None:
     (the loss diverged under these hyperparameters); Ray wraps them in a
     ``WorkerGroupError`` with the remote traceback, which the user does not need.
     """
+    if isinstance(exc, NonFiniteLossError):  # raised in this process (``unitune.train.runs``)
+        return UserError(f"training failed: {str(exc).splitlines()[0]}")
     for rank, failure in sorted(getattr(exc, "worker_failures", {}).items()):
         if isinstance(failure, (UserError, NonFiniteLossError)):
             cause = failure.args[0] if failure.args else str(failure)
@@ -182,7 +187,8 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
     """Run ``job`` on Ray Train and log it as one MLflow run; print the final table.
 
     Returns:
-        The last epoch's metrics (validation keys and ``test_*`` keys) plus ``run_id``.
+        The last epoch's metrics (validation keys and ``test_*`` keys) plus ``run_id`` and
+        ``model_uri``.
 
     Raises:
         UserError: the MLflow store or the Ray cluster cannot be reached, or the job is
@@ -190,39 +196,47 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         ray.train.TrainingFailedError: a worker failed more than ``train.max_failures``
             times. The MLflow run is then FAILED (KILLED on Ctrl-C), never left RUNNING.
     """
-    tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-    tracker.check(job.ray.address, job.experiment)
-    from unitune import features
-
-    features.check(job)  # cache refusals before Ray starts
+    tracker = checked_tracker(job)
     # Ray before the MLflow run: an unreachable cluster leaves no failed run behind. The
     # workers' and the controller's output stays in Ray's logs: the driver prints the epochs.
     started_ray = init_ray(job.ray.address)
     terminal.adopt_library_loggers()
     try:
-        check_fits(job, job.ray.address)
-        cache = features.prepare(job, splits=("train", "val", "test"))  # once, before the run
-    except BaseException:
+        with terminate_as_interrupt():
+            return train_on_ray(tracker, job, tags={}, log_model=True, storage_path=storage_path, out=out)
+    finally:
         if started_ray:
             shutdown_ray()
-        raise
-    source = {T.SOURCE_RUN: job.tracking.source_run} if job.tracking.source_run else {}
-    run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={T.KIND: "train", **source})
-    status = "FAILED"
-    try:
-        # Params are shown to everyone who opens the run: credentials in URIs masked.
-        if cache["feature_cache_dir"] is not None:
-            tracker.log_metrics(
-                run_id, {"feature_cache_s": cache["feature_cache_s"], "feature_cache_bytes": cache["bytes"]}, step=0
-            )
-        tracker.log_params(
-            run_id, {k: redact(v) if isinstance(v, str) else v for k, v in flatten(job.model_dump(mode="json")).items()}
-        )
-        if job.source is not None:
-            tracker.log_artifact(run_id, job.source)
-        name = f"{job.name}-{run_id}"
-        from unitune.progress import StepProgress
 
+
+def checked_tracker(job: JobSpec) -> Tracker:
+    """The job's tracker, its store and the feature cache checked before Ray starts."""
+    tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
+    tracker.check(job.ray.address, job.experiment)
+    from unitune import features
+
+    features.check(job)  # cache refusals before Ray starts
+    return tracker
+
+
+def train_on_ray(
+    tracker: Tracker,
+    job: JobSpec,
+    *,
+    tags: Mapping[str, str],
+    log_model: bool,
+    storage_path: str | os.PathLike = STORAGE_DIR,
+    out=print,
+) -> dict:
+    """One ``TorchTrainer`` fit of ``job`` (Ray initialised) recorded as one MLflow run
+    tagged ``tags`` from its start; see :func:`train`."""
+    from unitune import features
+    from unitune.progress import StepProgress
+
+    check_fits(job, job.ray.address)
+    cache = features.prepare(job, splits=("train", "val", "test"))  # once, before the run
+    with recorded_run(tracker, job, tags, cache) as run_id:
+        name = f"{job.name}-{run_id}"
         steps = StepProgress(job.train.epochs)
         trainer = build_trainer(
             job,
@@ -237,30 +251,56 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         if checkpoint is None or metrics is None:  # the workers report both (unitune.train.worker)
             raise RuntimeError(f"the training run {name} ended without a checkpoint and metrics")
         with checkpoint.as_directory() as directory:
-            # The saved model (`unitune eval --run`, `load_model`) and the MLflow model around it.
-            tracker.log_artifact(run_id, Path(directory) / MODEL_DIR, MODEL_DIR)
-            from unitune import pyfunc
-
-            with contextlib.redirect_stderr(terminal.log_stream()):  # MLflow's registration lines
-                model_uri, version = pyfunc.log(
-                    tracker,
-                    run_id,
-                    Path(directory) / MODEL_DIR,
-                    step=int(metrics["epoch"]),
-                    register_as=job.tracking.register_as,
-                )
+            model_uri = log_outputs(tracker, run_id, job, Path(directory), metrics, log_model=log_model)
         # The model is in MLflow now; the resume checkpoints of a finished run are not needed.
         shutil.rmtree(Path(storage_path) / name, ignore_errors=True)
-        out(format_table(metrics))
-        out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {mask_uri(tracker.uri)}")
-        registered = f"models:/{job.tracking.register_as}/{version}" if version else None
-        out(
-            f"model: {registered or model_uri} (mlflow.pyfunc.load_model; "
-            + ("registered" if registered else "register it with --register NAME")
-            + ")"
+        print_outcome(tracker, run_id, job, metrics, model_uri, out)
+        return {**metrics, "run_id": run_id, "model_uri": model_uri}
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``unitune stop``, a scheduler) takes Ctrl-C's path while the block runs, so
+    the run it stops ends KILLED instead of RUNNING. Only where SIGTERM has its default
+    action (a caller's own handler stays) and in the main thread (Python delivers signals there)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def recorded_run(tracker: Tracker, job: JobSpec, tags: Mapping[str, str], cache: dict | None) -> Iterator[str]:
+    """The MLflow run of one training: created tagged ``tags`` (a study finds its runs by
+    them, finished or not), with the job's params, the job file and the feature cache's
+    cost; ended FINISHED when the block returns, KILLED on Ctrl-C / SIGTERM (re-raised as
+    KeyboardInterrupt), FAILED with the error tag otherwise (a job error from the workers
+    re-raised as one ``UserError`` line). Never left RUNNING."""
+    source = {T.SOURCE_RUN: job.tracking.source_run} if job.tracking.source_run else {}
+    run_id = tracker.start_run(job.experiment, run_name=f"train-{job.name}", tags={T.KIND: "train", **source, **tags})
+    status = "FAILED"
+    try:
+        if cache is not None and cache["feature_cache_dir"] is not None:
+            tracker.log_metrics(
+                run_id, {"feature_cache_s": cache["feature_cache_s"], "feature_cache_bytes": cache["bytes"]}, step=0
+            )
+        # Params are shown to everyone who opens the run: credentials in URIs masked.
+        tracker.log_params(
+            run_id, {k: redact(v) if isinstance(v, str) else v for k, v in flatten(job.model_dump(mode="json")).items()}
         )
+        if job.source is not None:
+            tracker.log_artifact(run_id, job.source)
+        yield run_id
         status = "FINISHED"
-        return {**metrics, "run_id": run_id, "model_uri": registered or model_uri}
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise KeyboardInterrupt from None
@@ -272,5 +312,38 @@ def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=pr
         raise
     finally:
         tracker.end_run(run_id, status)
-        if started_ray:
-            shutdown_ray()
+
+
+def log_outputs(
+    tracker: Tracker, run_id: str, job: JobSpec, directory: Path, metrics: dict, *, log_model: bool
+) -> str | None:
+    """Log the last checkpoint's trained model (``directory/model``) on the run: the plain
+    artifact ``model`` (``unitune eval --run``, ``load_model``) and, with ``log_model``, the
+    MLflow model around it (registered as ``tracking.register_as`` when set).
+
+    Returns:
+        The MLflow model's URI (``models:/NAME/VERSION`` when registered), else None.
+    """
+    tracker.log_artifact(run_id, directory / MODEL_DIR, MODEL_DIR)
+    if not log_model:
+        return None
+    from unitune import pyfunc
+
+    with contextlib.redirect_stderr(terminal.log_stream()):  # MLflow's registration lines
+        model_uri, version = pyfunc.log(
+            tracker, run_id, directory / MODEL_DIR, step=int(metrics["epoch"]), register_as=job.tracking.register_as
+        )
+    return f"models:/{job.tracking.register_as}/{version}" if version else model_uri
+
+
+def print_outcome(tracker: Tracker, run_id: str, job: JobSpec, metrics: dict, model_uri: str | None, out) -> None:
+    """The final table, the run's address and the model's URI."""
+    out(format_table(metrics))
+    out(f"MLflow run {run_id} ({tracker.run_url(run_id)}) in {mask_uri(tracker.uri)}")
+    if model_uri is not None:
+        registered = job.tracking.register_as is not None  # then pyfunc.log returned its version
+        out(
+            f"model: {model_uri} (mlflow.pyfunc.load_model; "
+            + ("registered" if registered else "register it with --register NAME")
+            + ")"
+        )
