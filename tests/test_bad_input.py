@@ -388,6 +388,12 @@ def c_search_store_refused(t):
         ["tracking.uri", "cannot connect"]
 
 
+def c_search_sampler_refused(t):
+    space = t / "space.yaml"
+    space.write_text("num_trials: 2\nsampler: cmaes\nparams:\n  loss.mining: {type: choice, values: [all, hardest]}\n")
+    return ["search", write_job(t), "--space", space], [f"{space}: sampler: cmaes cannot take choice parameter"]
+
+
 CASES = [
     ("broken JSONL line", c_broken_jsonl),
     ("missing image", c_missing_image),
@@ -445,6 +451,7 @@ CASES = [
     ("artifact location under a file", c_artifacts_under_file),
     ("read-only artifact location", c_artifacts_read_only),
     ("search: tracking server refused", c_search_store_refused),
+    ("search: sampler cannot take the space", c_search_sampler_refused),
 ]
 
 

@@ -5,7 +5,6 @@ import math
 import optuna
 import pytest
 
-import unitune.search.space as space_module
 from unitune.config import JobSpec, SearchSpaceSpec
 from unitune.search.driver import run_search
 from unitune.search.storage import optuna_storage_url
@@ -27,7 +26,6 @@ def search(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setattr(space_module, "make_sampler", lambda spec: optuna.samplers.RandomSampler(seed=SAMPLER_SEED))
         job = JobSpec.model_validate({
             "name": "e2e",
             "data": {"synthetic": {"num_train": 64, "num_val": 32, "num_test": 16, "image_size": 16,
@@ -37,7 +35,8 @@ def search(tmp_path_factory):
             "tracking": {"uri": "sqlite:///mlruns.db", "artifact_location": "mlartifacts"},
         })
         space = SearchSpaceSpec.model_validate({
-            "metric": "rsum", "mode": "max", "num_trials": 5, "max_concurrent": 2, "seed": 0,
+            "metric": "rsum", "mode": "max", "num_trials": 5, "max_concurrent": 2, "seed": SAMPLER_SEED,
+            "sampler": "random",
             "target": 150, "asha": {"max_epochs": 2, "grace_period": 1, "reduction_factor": 2},
             "params": {
                 "loss.margin": {"type": "uniform", "low": 0.0, "high": 0.4},
@@ -71,6 +70,8 @@ def test_one_parent_and_one_child_per_trial(search):
     assert len({c.data.tags["unitune.trial_id"] for c in children}) == space.num_trials
     assert all(r.info.status != "RUNNING" for r in runs)
     assert tracker.run_status(result.parent_run_id) == "FINISHED"
+    params = tracker.client.get_run(result.parent_run_id).data.params
+    assert (params["sampler"], params["scheduler"], params["seed"]) == ("random", "asha", str(SAMPLER_SEED))
 
 
 def test_children_states_metrics_and_conditional_params(search):

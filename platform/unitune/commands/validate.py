@@ -64,11 +64,14 @@ def summarize(job, space) -> list[str]:
         lines.append("space:     none (search.space not set)")
         return lines
     conditional = sum(1 for p in space.params.values() if p.when)
-    asha = f"ASHA {space.asha.grace_period}..{space.asha.max_epochs} epochs" if space.asha else "no ASHA"
+    epochs = f" {space.asha.grace_period}..{space.asha.max_epochs} epochs" if space.asha else ""
+    auto = " (auto)" if space.sampler == "auto" else ""
+    scheduler = space.scheduler + (epochs if space.scheduler != "none" else "")
+    searcher = f"sampler {space.sampler_name()}{auto}, scheduler {scheduler}"
     metrics, modes = space.objective_names()
     lines.append(
         f"space:     {space.source}: {len(space.params)} params ({conditional} conditional), "
-        f"{len(space.fixed)} fixed; {space.num_trials} trials, {asha}; "
+        f"{len(space.fixed)} fixed; {space.num_trials} trials, {searcher}; "
         + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes))
     )
     return lines

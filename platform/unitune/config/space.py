@@ -1,4 +1,4 @@
-"""Typed search-space specs: what to search, the metric, the ASHA budget.
+"""Typed search-space specs: what to search, the metric, the searcher, the ASHA budget.
 
 Parameter keys are dotted job keys (``loss.margin``); a ``when`` condition makes a parameter
 exist only for some values of another (``loss.topk`` only when ``loss.mining: topk``).
@@ -47,6 +47,18 @@ CONVERGENCE_METRICS: dict[str, str] = {
 Scalar = str | int | float | bool | None
 Mode = Literal["min", "max"]
 MANY_TRIALS = 10_000  # more trials than any search on one cluster finishes: a warning
+# Optuna's samplers by name (``unitune.search.space.make_sampler``); ``auto``: AUTO_SAMPLER.
+SAMPLERS = ("tpe", "random", "qmc", "gp", "cmaes", "auto")
+# Ray Tune's schedulers by name (``unitune.search.schedulers``); ``none``: every trial runs its budget.
+SCHEDULERS = ("asha", "hyperband", "none")
+AUTO_SAMPLER = "tpe"  # what ``sampler: auto`` runs (docs/search.md: the bench's winner)
+# What each Optuna sampler cannot model (Optuna 5.0, its docs and source): CmaEsSampler samples
+# categorical parameters at random and, in a dynamic search space (a ``when`` parameter),
+# every parameter at random; QMCSampler fixes its space at the first trial; GPSampler models
+# only the intersection of the trials' spaces; CmaEsSampler takes one objective only.
+NO_CHOICE = ("cmaes",)
+NO_CONDITION = ("cmaes", "qmc", "gp")
+ONE_OBJECTIVE = ("cmaes",)
 
 
 class ParamSpec(Spec):
@@ -169,6 +181,8 @@ class SearchSpaceSpec(ObjectiveSpec):
 
     ``target``: the metric value the study calls converged (convergence speed is measured to it).
     ``objectives``: two or more for a Pareto search; the first is the study metric (ASHA's).
+    ``sampler``: one of :data:`SAMPLERS`; ``scheduler``: one of :data:`SCHEDULERS`, whose
+    budget in epochs is the ``asha`` section (``asha: null`` is ``scheduler: none``).
     """
 
     metric: str = "rsum"
@@ -176,6 +190,8 @@ class SearchSpaceSpec(ObjectiveSpec):
     max_concurrent: PositiveInt = 2
     seed: NonNegativeInt = 0
     target: FiniteFloat | None = None
+    sampler: Literal["tpe", "random", "qmc", "gp", "cmaes", "auto"] = "auto"
+    scheduler: Literal["asha", "hyperband", "none"] = "asha"
     asha: AshaSpec | None = AshaSpec()
     params: dict[str, ParamSpec] = {}
     fixed: dict[str, Any] = {}
@@ -199,7 +215,32 @@ class SearchSpaceSpec(ObjectiveSpec):
         for key, value in self.fixed.items():
             _check_job_key(f"fixed.{key}", key, [value], continuous=False)
         self.ordered_params()  # raises on a cycle of conditions
+        self._check_searcher()
         return self
+
+    def _check_searcher(self) -> None:
+        if self.asha is None and self.scheduler != "none":
+            if "scheduler" in self.model_fields_set:
+                raise FieldError("scheduler", f"{self.scheduler} needs the asha section (its epochs); asha is null")
+            self.scheduler = "none"  # asha: null, the older spelling
+        name = self.sampler
+        for key, param in self.params.items():
+            if name in NO_CHOICE and param.type == "choice":
+                raise FieldError(
+                    "sampler", f"{name} cannot take choice parameter {key} (Optuna samples it at random); use tpe"
+                )
+            if name in NO_CONDITION and param.when:
+                raise FieldError(
+                    "sampler",
+                    f"{name} cannot take conditional parameter {key} (when: Optuna's {name} sampler "
+                    "has no dynamic search space); use tpe or random",
+                )
+        if name in ONE_OBJECTIVE and self.objectives is not None:
+            raise FieldError("sampler", f"{name} takes one objective (got {len(self.objectives)}); use tpe")
+
+    def sampler_name(self) -> str:
+        """The sampler that runs: ``sampler``, with ``auto`` resolved (:data:`AUTO_SAMPLER`)."""
+        return AUTO_SAMPLER if self.sampler == "auto" else self.sampler
 
     def _check_metrics(self) -> None:
         if self.metric not in METRICS:

@@ -1,4 +1,4 @@
-"""``unitune search``: Ray Tune + Optuna (TPE) + ASHA over a job, one MLflow run per trial.
+"""``unitune search``: Ray Tune + an Optuna sampler + a Tune scheduler over a job, one MLflow run per trial.
 
     run_search(job, space) -> SearchResult
 
@@ -40,6 +40,7 @@ from unitune.search.interrupt import Interrupt
 from unitune.search.live import DriverCallback
 from unitune.search.record import Recorder
 from unitune.search.report import summarize, write_artifacts
+from unitune.search.schedulers import make_scheduler
 from unitune.search.space import distribution, make_searcher
 from unitune.search.storage import check_tune_storage, open_storage, tune_storage
 from unitune.search.trial import TrialSetup, run_trial, trial_resources
@@ -389,6 +390,8 @@ def _start_parent(
             "num_trials": space.num_trials,
             "max_concurrent": space.max_concurrent,
             "seed": space.seed,
+            "sampler": space.sampler_name(),
+            "scheduler": space.scheduler,
             "target": space.target,
             **{f"fixed.{k}": v for k, v in space.fixed.items()},
             **({"objectives": ",".join(f"{m}:{d}" for m, d in zip(metrics, modes))} if space.objectives else {}),
@@ -422,23 +425,10 @@ def _log_headline(tracker: Tracker, parent: str, summary: dict) -> None:
 
 def _tune_config(space: SearchSpaceSpec, search_id: str, storage):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    scheduler = FIFOScheduler()
-    if space.asha is not None:
-        if space.asha.max_epochs is None:  # ASHAScheduler would fail on None
-            raise ValueError("asha.max_epochs is unset: load the space with its job (load_space(path, job))")
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            metric=space.metric,
-            mode=space.mode,
-            max_t=space.asha.max_epochs,
-            grace_period=space.asha.grace_period,
-            reduction_factor=space.asha.reduction_factor,
-        )
     return tune.TuneConfig(
         search_alg=make_searcher(space, study_name=search_id, storage=storage),
-        scheduler=scheduler,
+        scheduler=make_scheduler(space),
         num_samples=space.num_trials,
         max_concurrent_trials=space.max_concurrent,
         reuse_actors=True,

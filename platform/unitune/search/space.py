@@ -60,21 +60,39 @@ def define_by_run(spec: SearchSpaceSpec) -> DefineByRun:
     return DefineByRun(spec)
 
 
-def make_sampler(spec: SearchSpaceSpec) -> optuna.samplers.TPESampler:
-    """Seeded multivariate TPE over the conditional space.
+def startup_trials(spec: SearchSpaceSpec) -> int:
+    """Random trials before a model-based sampler (tpe, gp, cmaes) starts modelling: a third
+    of the budget, 2 to 10."""
+    return min(10, max(2, spec.num_trials // 3))
 
-    Random start for a third of the budget (2 to 10 trials); with concurrent trials the
-    constant liar keeps parallel asks apart.
+
+def make_sampler(spec: SearchSpaceSpec) -> optuna.samplers.BaseSampler:
+    """The space's Optuna sampler (``spec.sampler_name()``), seeded with ``spec.seed``.
+
+    ``tpe``: multivariate TPE over the conditional space, with the constant liar keeping
+    concurrent asks apart; ``gp``, ``cmaes``: Optuna's defaults; ``qmc``: a scrambled Sobol
+    sequence; the model-based ones start with :func:`startup_trials` random trials.
     """
+    name, seed = spec.sampler_name(), spec.seed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            multivariate=True,
-            group=True,
-            seed=spec.seed,
-            n_startup_trials=min(10, max(2, spec.num_trials // 3)),
-            constant_liar=spec.max_concurrent > 1,
-        )
+        if name == "tpe":
+            return optuna.samplers.TPESampler(
+                multivariate=True,
+                group=True,
+                seed=seed,
+                n_startup_trials=startup_trials(spec),
+                constant_liar=spec.max_concurrent > 1,
+            )
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "qmc":
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials(spec))
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup_trials(spec))
+    raise ValueError(f"unknown sampler {name!r}")
 
 
 def make_searcher(
