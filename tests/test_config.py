@@ -230,7 +230,6 @@ BAD_JOBS = [
     ("name: a\nloss: 3\n", "loss", "must be a mapping of keys (got 3)"),
     ("seed: 1\n", "name", "required"),
     ("name: ''\n", "name", "must not be empty"),
-    ("name: a\nsearch: {space: nowhere.yaml}\n", "search.space", "file not found"),
     ("name: a\ndata: {format: manifest, annotations: nowhere.jsonl}\n", "data.annotations", "file not found"),
 ]
 
@@ -244,6 +243,22 @@ def test_bad_job_names_file_key_and_reason(tmp_path, text, key, reason):
     assert line.startswith(f"{path}: {key}: "), line
     assert reason in line
     assert "Traceback" not in str(info.value)
+
+
+def test_a_missing_space_file_is_refused_where_a_space_is_read(tmp_path, monkeypatch, capsys):
+    # A user copying one job file elsewhere can still train it: training reads no space file.
+    from unitune.cli import main
+    from unitune.train import run as train_run
+
+    path = write(tmp_path, "name: a\nsearch: {space: nowhere.yaml}\n")
+    assert load_job(path).search.space == tmp_path / "nowhere.yaml"
+    trained = []
+    monkeypatch.setattr(train_run, "train", lambda job: trained.append(job))
+    assert main(["train", str(path)]) == 0 and len(trained) == 1
+    for command in (["validate", str(path)], ["search", str(path)], ["submit", str(path), "--address", "http://127.0.0.1:1"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{path}: search.space: file not found: {tmp_path / 'nowhere.yaml'}" in err, command
 
 
 def test_every_error_is_reported_one_line_each(tmp_path):

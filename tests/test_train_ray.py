@@ -90,3 +90,17 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, monkeypatch):
     assert [step for step, _ in tracker.metric_history(run_id, "train_loss")] == [1, 2, 3]
     times = [value for _, value in tracker.metric_history(run_id, "train_time_s")]
     assert times == sorted(times)  # cumulative time carried over in the checkpoint
+
+
+def test_a_job_error_fails_at_once_without_a_retry(tmp_path, monkeypatch, capsys):
+    # A diverging loss is the job's (deterministic) error: train.max_failures is for workers
+    # that died, so the run is not trained again from its last checkpoint.
+    monkeypatch.chdir(tmp_path)
+    job_file = str(__import__("pathlib").Path(__file__).parents[1] / "jobs/demo.yaml")
+    diverge = ["optim.lr=1.0e30", "optim.grad_clip=null", "optim.warmup_epochs=0", "train.max_failures=1"]
+    assert main(["train", job_file, *overrides(tmp_path, 2), *diverge]) == 2
+    assert "training failed on worker 0" in capsys.readouterr().err
+    tracker, run_id = the_run(tmp_path)
+    assert tracker.run_status(run_id) == "FAILED"
+    # Epoch 0 (before training) is reported once per worker group: a retry reports it again.
+    assert [step for step, _ in tracker.metric_history(run_id, "rsum")] == [0]

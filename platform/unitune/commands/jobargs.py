@@ -27,7 +27,12 @@ def load_job_from_args(args: argparse.Namespace):
 
 
 def load_space_for(job):
-    """The job's ``SearchSpaceSpec`` checked against the job, or ``None`` when it names none."""
-    from unitune.config import load_space
+    """The job's ``SearchSpaceSpec`` checked against the job, or ``None`` when it names none.
 
-    return load_space(job.search.space, job) if job.search.space is not None else None
+    Raises:
+        UserError: ``search.space`` names a file that does not exist (``job: search.space: ...``).
+    """
+    from unitune.config import load_space, require_space
+
+    path = require_space(job)
+    return load_space(path, job) if path is not None else None

@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     job = load_job_from_args(args)
     if job.search.space is None:
         raise UserError(f"{args.job}: search.space: not set; pass --space FILE")
+    from unitune.config import require_space
+
+    require_space(job)  # the search the cluster runs reads it
     address = resolve_address(args.address)
     submission = plan_submission(
         job,

@@ -34,6 +34,7 @@ from unitune.config.loading import (
     parse_override,
     read_yaml,
     require_inputs,
+    require_space,
 )
 from unitune.config.space import (
     CONVERGENCE_METRICS,
@@ -78,5 +79,6 @@ __all__ = [
     "parse_override",
     "read_yaml",
     "require_inputs",
+    "require_space",
     "space_warnings",
 ]

@@ -235,7 +235,8 @@ def load_job(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = ()
 
     ``overrides``: ``{"loss.margin": 0.3}`` or ``["loss.margin=0.3"]`` (paths in overrides
     are relative to the working directory). Raises ``UserError`` for a missing or invalid
-    file, a bad key or value, a missing search-space file or a missing annotation file.
+    file, a bad key or value or a missing annotation file (a missing ``search.space`` is
+    refused by the commands that read it, :func:`require_space`).
     """
     data = read_config(path)
     _resolve_job_paths(data, Path(path).parent)
@@ -263,11 +264,24 @@ def apply_overrides(job: JobSpec, overrides: Mapping[str, Any] | Iterable[str]) 
 
 
 def _check_files(job: JobSpec) -> None:
-    """Files a job names explicitly must exist (unless they wait for an unset variable)."""
-    checks = (("search.space", job.search.space), ("data.annotations", job.data.annotations))
-    for key, path in checks:
-        if path is not None and not unset_vars(str(path)) and not path.is_file():
-            raise UserError(f"{job.source or 'job'}: {key}: file not found: {path}")
+    """Files a job names explicitly must exist (unless they wait for an unset variable).
+    ``search.space`` is checked where a space is read (``unitune search``, ``validate``,
+    ``submit``: :func:`require_space`): training a job does not read it."""
+    path = job.data.annotations
+    if path is not None and not unset_vars(str(path)) and not path.is_file():
+        raise UserError(f"{job.source or 'job'}: data.annotations: file not found: {path}")
+
+
+def require_space(job: JobSpec) -> Path | None:
+    """The job's ``search.space`` file (None when it names none).
+
+    Raises:
+        UserError: the file does not exist (and does not wait for an unset variable).
+    """
+    path = job.search.space
+    if path is not None and not unset_vars(str(path)) and not path.is_file():
+        raise UserError(f"{job.source or 'job'}: search.space: file not found: {path}")
+    return path
 
 
 def missing_inputs(job: JobSpec) -> list[str]:

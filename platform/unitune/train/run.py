@@ -172,15 +172,38 @@ def worker_user_error(exc: Exception) -> UserError | None:
 
     Workers raise ``UserError`` (bad data, unsupported setting) or ``NonFiniteLossError``
     (the loss diverged under these hyperparameters); Ray wraps them in a
-    ``WorkerGroupError`` with the remote traceback, which the user does not need.
+    ``WorkerGroupError`` with the remote traceback, which the user does not need. A job
+    error that :class:`NoRetryOfJobErrors` stopped reaches the driver as the controller's
+    failure (``ControllerError.controller_failure``), already one line.
     """
     if isinstance(exc, NonFiniteLossError):  # raised in this process (``unitune.train.runs``)
         return UserError(f"training failed: {str(exc).splitlines()[0]}")
-    for rank, failure in sorted(getattr(exc, "worker_failures", {}).items()):
+    if isinstance(getattr(exc, "controller_failure", None), UserError):
+        return exc.controller_failure  # type: ignore[attr-defined]
+    return job_error(getattr(exc, "worker_failures", {}))
+
+
+def job_error(failures: Mapping[int, BaseException]) -> UserError | None:
+    """The first job error among the workers' failures (by rank) as one line, else None."""
+    for rank, failure in sorted(failures.items()):
         if isinstance(failure, (UserError, NonFiniteLossError)):
             cause = failure.args[0] if failure.args else str(failure)
             return UserError(f"training failed on worker {rank}: {str(cause).splitlines()[0]}")
     return None
+
+
+class NoRetryOfJobErrors(UserCallback):
+    """A job error on any worker ends the run at once: training it again from the last
+    checkpoint fails the same way (``train.max_failures`` is for workers that died).
+
+    Ray Train calls this on the controller when workers raised, before its failure policy
+    decides; an error raised here is the controller's own, which Ray does not retry.
+    """
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        error = job_error(worker_exceptions)
+        if error is not None:
+            raise error
 
 
 def train(job: JobSpec, *, storage_path: str | os.PathLike = STORAGE_DIR, out=print) -> dict:
@@ -243,7 +266,7 @@ def train_on_ray(
             name=name,
             storage_path=storage_path,
             on_step=steps.reporter,
-            callbacks=[MlflowCallback(tracker, run_id, job.train.epochs, steps.reporter)],
+            callbacks=[MlflowCallback(tracker, run_id, job.train.epochs, steps.reporter), NoRetryOfJobErrors()],
         )
         with steps, terminal.to_log():
             result = trainer.fit()
