@@ -137,46 +137,67 @@ def train_one_epoch(
     total = len(loader) if on_step is not None else 0
     gamma = loss_cfg.gamma
     for batch in loader:
-        inputs = to_device(batch, device)
-        ids = inputs.pop("positive_id")
-
-        with autocast(device, precision):
-            v, t, learned = model(**inputs)
-        # The loss runs in fp32 outside autocast: it is a [N, N] matmul plus logsumexps,
-        # cheap next to the towers, and bf16 similarities would blur small margins.
-        v, t, ids = gather_batch(v.float(), t.float(), ids)
-        sim = v @ t.T
-        gamma = learned if learned is not None else loss_cfg.gamma
-        try:  # the loss checks sim for NaN/inf (one host sync per step, not two)
-            out = scheduled_loss(
-                sim,
-                mining,
-                margin=loss_cfg.margin,
-                gamma=gamma,
-                topk=loss_cfg.topk,
-                row_ids=ids,
-                col_ids=ids,
-                scale_by_gamma=loss_cfg.scale_by_gamma,
-            )
-        except NonFiniteSimilarityError:
-            raise NonFiniteLossError(
-                f"similarities became NaN/inf at epoch {epoch}, step {steps + 1}: the "
-                "model diverged; lower optim.lr or loss.gamma"
-            ) from None
-
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        if grad_clip:
-            # Gradients are already averaged over workers (DDP), so every worker clips alike.
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
-
+        out, gamma, pairs = _train_step(
+            model, batch, optimizer, scheduler, loss_cfg, mining, epoch, steps + 1, device, grad_clip, precision
+        )
         sums += torch.stack([out["loss"].detach(), out["pos_sim"], out["hard_neg_sim"], out["violation_frac"]])
         steps += 1
-        samples += len(ids)
+        samples += pairs
         if on_step is not None:
             on_step(epoch, steps, total, samples)
+    return _epoch_summary(sums, steps, samples, epoch, optimizer, gamma)
+
+
+def _train_step(
+    model: nn.Module,
+    batch: dict,
+    optimizer,
+    scheduler,
+    loss_cfg,
+    mining: str,
+    epoch: int,
+    step: int,
+    device: torch.device,
+    grad_clip: float | None,
+    precision: str,
+) -> tuple[dict, float | torch.Tensor, int]:
+    """One optimiser step on one local batch -> (the loss's dict, gamma, pairs in the global batch)."""
+    inputs = to_device(batch, device)
+    ids = inputs.pop("positive_id")
+    with autocast(device, precision):
+        v, t, learned = model(**inputs)
+    # The loss runs in fp32 outside autocast: it is a [N, N] matmul plus logsumexps,
+    # cheap next to the towers, and bf16 similarities would blur small margins.
+    v, t, ids = gather_batch(v.float(), t.float(), ids)
+    gamma = learned if learned is not None else loss_cfg.gamma
+    try:  # the loss checks sim for NaN/inf (one host sync per step, not two)
+        out = scheduled_loss(
+            v @ t.T,
+            mining,
+            margin=loss_cfg.margin,
+            gamma=gamma,
+            topk=loss_cfg.topk,
+            row_ids=ids,
+            col_ids=ids,
+            scale_by_gamma=loss_cfg.scale_by_gamma,
+        )
+    except NonFiniteSimilarityError:
+        raise NonFiniteLossError(
+            f"similarities became NaN/inf at epoch {epoch}, step {step}: the "
+            "model diverged; lower optim.lr or loss.gamma"
+        ) from None
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if grad_clip:
+        # Gradients are already averaged over workers (DDP), so every worker clips alike.
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return out, gamma, len(ids)
+
+
+def _epoch_summary(sums: torch.Tensor, steps: int, samples: int, epoch: int, optimizer, gamma) -> dict:
+    """The epoch's means (see :func:`train_one_epoch`); raises on no step or a non-finite loss."""
     if steps == 0:
         raise ValueError("the training loader yielded no batch (fewer samples than one batch?)")
     loss, pos, neg, viol = (sums / steps).tolist()

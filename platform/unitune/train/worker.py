@@ -20,7 +20,9 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -28,9 +30,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from unitune.config import JobSpec
 from unitune.data import Collator, build_dataset, check_batch_size
 from unitune.errors import UserError
-from unitune.features import CachedCollator, CachedPairs, augment, job_model, open_cache
+from unitune.features import CachedCollator, CachedPairs, FeatureCache, augment, job_model, open_cache
 from unitune.losses import LearnableScale
-from unitune.models import save_model
+from unitune.models import DualEncoder, save_model
 from unitune.train.loop import ContrastiveStep, evaluate, train_one_epoch
 from unitune.train.optim import build_optimizer, build_scheduler
 
@@ -200,6 +202,21 @@ def _maybe_fault(epoch: int, rank: int) -> None:
         os._exit(1)
 
 
+@dataclass
+class _Setup:
+    """What one worker trains with (built by :func:`_setup`)."""
+
+    encoder: DualEncoder
+    scale: LearnableScale | None
+    step_module: torch.nn.Module  # ContrastiveStep, possibly DDP-wrapped
+    loader: DataLoader
+    sampler: DistributedSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cache: FeatureCache | None
+    frozen_sha256: str
+
+
 def _fit(
     job: JobSpec,
     *,
@@ -217,15 +234,77 @@ def _fit(
     prepare_loader: Callable = lambda loader: loader,
 ) -> dict:
     """One worker's whole run. Rank 0 evaluates, checkpoints and returns the metrics."""
+    run = _setup(job, rank, world_size, device)
+    start_epoch, train_time = 0, 0.0
+    if resume is not None:
+        _load_state(resume, run.encoder, run.scale, run.optimizer, run.scheduler, run.frozen_sha256)
+        start_epoch, train_time = resume["epoch"], resume["train_time_s"]
+    run.step_module, run.loader = prepare_model(run.step_module), prepare_loader(run.loader)
+    validate = _evaluator(job, "val", run, device) if rank == 0 else None  # rank 0 evaluates
+    metrics: dict = {}
+    if start_epoch == 0 and report_epoch_0:
+        metrics = _epoch_0(run, validate)
+        report(metrics, None)
+    for epoch in range(start_epoch + 1, job.train.epochs + 1):
+        _maybe_fault(epoch, rank)
+        _seed_epoch(job.seed, epoch, rank)
+        run.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        stats = train_one_epoch(
+            run.step_module,
+            run.loader,
+            run.optimizer,
+            run.scheduler,
+            job.loss,
+            epoch,
+            device=device,
+            grad_clip=job.optim.grad_clip,
+            precision=job.train.precision,
+            on_step=on_step,
+        )
+        seconds = time.perf_counter() - started
+        train_time += seconds
+        last = epoch == job.train.epochs
+        samples = stats.pop("num_samples")
+        metrics = {"epoch": epoch, **stats, "samples_per_s": samples / seconds, "train_time_s": train_time}
+        if validate is not None and (epoch % job.train.eval_every == 0 or last):
+            metrics.update(validate())
+        if rank == 0 and last and evaluate_test:
+            metrics.update({f"test_{k}": v for k, v in _evaluator(job, "test", run, device)().items()})
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        final_model = run.encoder if last and save_final_model else None
+        _checkpoint_and_report(report, metrics, _state(run, epoch, train_time), final_model, rank, checkpoint_dir)
+    return metrics
+
+
+def _setup(job: JobSpec, rank: int, world_size: int, device: torch.device) -> _Setup:
+    """The model (same seed on every worker: identical initial weights; DDP also broadcasts
+    rank 0's), the feature cache, this worker's shard of the training data, the optimiser."""
     if device.type == "cpu":
         # As many threads as the job gives each worker: more threads than cores slow
         # small models down by an order of magnitude on a shared machine.
         torch.set_num_threads(max(1, int(job.resources.cpu_per_worker)))
-    # Same seed on every worker: identical initial weights (DDP also broadcasts rank 0's).
     train_set, encoder = job_model(job)
     check_batch_size(train_set, job.train.batch_size)
     encoder.to(device)
     cache = open_cache(job, encoder)
+    loader, sampler = _train_loader(job, train_set, encoder, cache, rank, world_size, device)
+    if job.train.grad_checkpointing:
+        enable_gradient_checkpointing(encoder, job.model.name)
+    scale = LearnableScale(job.loss.gamma, job.loss.max_gamma) if job.loss.learnable_gamma else None
+    # On the device before the optimiser exists, so that its loaded state lands there too.
+    step_module = ContrastiveStep(encoder, scale).to(device)
+    optimizer = build_optimizer(encoder, job.optim, scale)
+    scheduler = build_scheduler(
+        optimizer, warmup_epochs=job.optim.warmup_epochs, epochs=job.train.epochs, steps_per_epoch=len(loader)
+    )
+    return _Setup(encoder, scale, step_module, loader, sampler, optimizer, scheduler, cache, encoder.frozen_digest())
+
+
+def _train_loader(
+    job: JobSpec, train_set, encoder, cache: FeatureCache | None, rank: int, world_size: int, device: torch.device
+) -> tuple[DataLoader, DistributedSampler]:
+    """This worker's loader over the training pairs (cached prefixes when the cache is on)."""
     # Random crops / frames unless the cache is on (it holds one deterministic view) or
     # data.augment is false.
     random_views = cache is None and augment(job) is not False
@@ -242,10 +321,6 @@ def _fit(
     # Cached visual prefixes need no decoding: loader processes would only add start-up.
     cached_visual = cache is not None and cache.split["visual"] is not None
     num_workers = 0 if cached_visual else job.data.num_workers
-    if job.train.grad_checkpointing:
-        enable_gradient_checkpointing(encoder, job.model.name)
-    scale = LearnableScale(job.loss.gamma, job.loss.max_gamma) if job.loss.learnable_gamma else None
-
     sampler: DistributedSampler = DistributedSampler(
         train_data, num_replicas=world_size, rank=rank, shuffle=True, seed=job.seed, drop_last=True
     )
@@ -261,102 +336,54 @@ def _fit(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
     )
-    # On the device before the optimiser exists, so that its loaded state lands there too.
-    step_module = ContrastiveStep(encoder, scale).to(device)
-    optimizer = build_optimizer(encoder, job.optim, scale)
-    scheduler = build_scheduler(
-        optimizer, warmup_epochs=job.optim.warmup_epochs, epochs=job.train.epochs, steps_per_epoch=len(loader)
+    return loader, sampler
+
+
+def _evaluator(job: JobSpec, split: str, run: _Setup, device: torch.device) -> Callable[[], dict]:
+    """``() -> metrics`` of the model on ``split`` (``val``, or ``test`` with ``data.test_folds``).
+
+    Evaluation runs on rank 0 only, while the others wait in report() (a barrier):
+    validation splits are a few thousand items, one forward pass each, and the metrics
+    need the whole similarity matrix in one place anyway.
+    """
+    dataset = build_dataset(
+        split, **job.data.dataset_options(), transform=run.encoder.image_transform(train=False), train=False
     )
-    frozen_sha256 = encoder.frozen_digest()
-    start_epoch, train_time = 0, 0.0
-    if resume is not None:
-        _load_state(resume, encoder, scale, optimizer, scheduler, frozen_sha256)
-        start_epoch, train_time = resume["epoch"], resume["train_time_s"]
-    step_module = prepare_model(step_module)
-    loader = prepare_loader(loader)
-    val_set = val_cached = None
-    if rank == 0:
-        val_set = build_dataset(
-            "val", **job.data.dataset_options(), transform=encoder.image_transform(train=False), train=False
-        )
-        val_cached = cache.load(encoder, val_set, device=device) if cache is not None else None
+    cached = run.cache.load(run.encoder, dataset, device=device) if run.cache is not None else None
+    return lambda: evaluate(
+        run.encoder,
+        dataset,
+        batch_size=job.train.eval_batch_size,
+        device=device,
+        precision=job.train.precision,
+        cached=cached,
+        folds=job.data.test_folds if split == "test" else 1,
+    )
 
-    def validate() -> dict:
-        return evaluate(
-            encoder,
-            val_set,
-            batch_size=job.train.eval_batch_size,
-            device=device,
-            precision=job.train.precision,
-            cached=val_cached,
-        )
 
-    metrics: dict = {}
-    if start_epoch == 0 and report_epoch_0:
-        # Epoch 0: the untrained (pretrained) model, so every curve starts at the same point.
-        started = time.perf_counter()
-        metrics = {"epoch": 0, "train_time_s": 0.0}
-        if rank == 0:
-            metrics.update(validate())
-            if cache is not None:
-                metrics.update({k: cache.stats[k] for k in ("feature_cache_s", "entries_built", "entries_reused")})
-        metrics["epoch_time_s"] = time.perf_counter() - started
-        report(metrics, None)
-    for epoch in range(start_epoch + 1, job.train.epochs + 1):
-        _maybe_fault(epoch, rank)
-        _seed_epoch(job.seed, epoch, rank)
-        sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        stats = train_one_epoch(
-            step_module,
-            loader,
-            optimizer,
-            scheduler,
-            job.loss,
-            epoch,
-            device=device,
-            grad_clip=job.optim.grad_clip,
-            precision=job.train.precision,
-            on_step=on_step,
-        )
-        seconds = time.perf_counter() - started
-        train_time += seconds
-        last = epoch == job.train.epochs
-        samples = stats.pop("num_samples")
-        metrics = {"epoch": epoch, **stats, "samples_per_s": samples / seconds, "train_time_s": train_time}
-        # Evaluation runs on rank 0 only, while the others wait in report() (a barrier):
-        # validation splits are a few thousand items, one forward pass each, and the
-        # metrics need the whole similarity matrix in one place anyway.
-        if rank == 0 and (epoch % job.train.eval_every == 0 or last):
-            metrics.update(validate())
-        if rank == 0 and last and evaluate_test:
-            test_set = build_dataset(
-                "test", **job.data.dataset_options(), transform=encoder.image_transform(train=False), train=False
-            )
-            test_cached = cache.load(encoder, test_set, device=device) if cache is not None else None
-            test = evaluate(
-                encoder,
-                test_set,
-                batch_size=job.train.eval_batch_size,
-                device=device,
-                precision=job.train.precision,
-                cached=test_cached,
-                folds=job.data.test_folds,
-            )
-            metrics.update({f"test_{key}": value for key, value in test.items()})
-        metrics["epoch_time_s"] = time.perf_counter() - started
-        state = {
-            "trainable": encoder.trainable_state(),
-            "frozen_sha256": frozen_sha256,
-            "scale": scale.state_dict() if scale is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "train_time_s": train_time,
-        }
-        final_model = encoder if last and save_final_model else None
-        _checkpoint_and_report(report, metrics, state, final_model, rank, checkpoint_dir)
+def _epoch_0(run: _Setup, validate: Callable[[], dict] | None) -> dict:
+    """Epoch 0: the untrained (pretrained) model, so every curve starts at the same point."""
+    started = time.perf_counter()
+    metrics: dict = {"epoch": 0, "train_time_s": 0.0}
+    if validate is not None:  # rank 0
+        metrics.update(validate())
+        if run.cache is not None:
+            metrics.update({k: run.cache.stats[k] for k in ("feature_cache_s", "entries_built", "entries_reused")})
+    metrics["epoch_time_s"] = time.perf_counter() - started
     return metrics
+
+
+def _state(run: _Setup, epoch: int, train_time: float) -> dict:
+    """The checkpoint: the trainable state only (see the module docstring)."""
+    return {
+        "trainable": run.encoder.trainable_state(),
+        "frozen_sha256": run.frozen_sha256,
+        "scale": run.scale.state_dict() if run.scale is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": epoch,
+        "train_time_s": train_time,
+    }
 
 
 def _load_state(resume: dict, encoder, scale, optimizer, scheduler, frozen_sha256: str) -> None:
