@@ -4,6 +4,8 @@ Slow (a Ray start and worker start-up take about a minute on a loaded 2-core mac
 run with ``pytest -m slow tests/test_train_ray.py``.
 """
 
+import csv
+
 import pytest
 import ray
 import torch
@@ -68,6 +70,13 @@ def test_train_logs_one_mlflow_run_and_a_loadable_model(tmp_path, monkeypatch, c
 
     artifacts = tracker.client.download_artifacts(run_id, "", str(tmp_path / "dl"))
     assert (tmp_path / "dl" / "demo.yaml").is_file()
+    # the test split's per-query ranks recompute the logged test metrics (a plain count)
+    rows = list(csv.DictReader(open(tmp_path / "dl" / "test_ranks.csv")))
+    for direction in ("i2t", "t2i"):
+        ranks = [int(r["rank"]) for r in rows if r["direction"] == direction]
+        for k in (1, 5, 10):
+            logged = dict(tracker.metric_history(run_id, f"test_r{k}_{direction}"))[2]
+            assert 100.0 * sum(r <= k for r in ranks) / len(ranks) == pytest.approx(logged, abs=1e-9)
     model = load_model(f"{artifacts}/model")
     tokens = model.tokenize(["a small red circle"])
     with torch.no_grad():

@@ -5,13 +5,15 @@ Which model: ``--model PATH`` (a directory written by ``save_model``, e.g. a dow
 ``model`` artifact), ``--run RUN_ID`` (the ``model`` artifact of a ``unitune train`` run in
 the job's MLflow store), or neither: the job's model as built before training (the
 pretrained towers with fresh projections: the zero-shot point, epoch 0 of every curve).
-Prints R@1/5/10 in both directions, RSUM, median and mean rank of the split.
+Prints R@1/5/10 in both directions, RSUM, median and mean rank of the split; ``--ranks FILE``
+writes its per-query ranks too (``unitune.ranks``: the table a study's final runs log).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 
 from unitune.choices import RETRIEVAL_METRIC_KEYS
@@ -28,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model", metavar="PATH", help="saved model directory (model.json, model.pt)")
     which.add_argument("--run", dest="run_id", metavar="RUN_ID", help="MLflow run whose `model` artifact to measure")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to measure (default: test)")
+    parser.add_argument(
+        "--ranks",
+        metavar="FILE",
+        help="also write the split's per-query ranks (both directions, one CSV row per query) to FILE",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override job keys")
 
 
@@ -66,19 +73,20 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
     return build_model(job.model.model_dump(), captions=captions)
 
 
-def measure(job, model, split: str = "test") -> dict:
+def measure(job, model, split: str = "test", ranks_file: str | None = None) -> dict:
     """Retrieval metrics of ``model`` on the job's ``split`` (``unitune.train.loop.evaluate``);
-    the test split's ``folds_*`` means too when ``data.test_folds`` > 1."""
+    the test split's ``folds_*`` means too when ``data.test_folds`` > 1. With ``ranks_file``
+    the per-query ranks are written there (``unitune.ranks``)."""
     import torch
 
     from unitune.data import build_dataset
-    from unitune.train.loop import evaluate
+    from unitune.train.loop import evaluate_with_ranks
 
     device = torch.device("cuda" if job.resources.use_gpu and torch.cuda.is_available() else "cpu")
     dataset = build_dataset(
         split, **job.data.dataset_options(), transform=model.image_transform(train=False), train=False
     )
-    return evaluate(
+    metrics, ranks = evaluate_with_ranks(
         model.to(device),
         dataset,
         batch_size=job.train.eval_batch_size,
@@ -86,6 +94,9 @@ def measure(job, model, split: str = "test") -> dict:
         precision=job.train.precision,
         folds=job.data.test_folds if split == "test" else 1,
     )
+    if ranks_file is not None:
+        ranks.write_csv(ranks_file)
+    return metrics
 
 
 def format_metrics(metrics: dict, split: str) -> str:
@@ -107,8 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job, args.overrides)
     require_inputs(job)
+    if args.ranks is not None:
+        folder = os.path.dirname(os.path.abspath(args.ranks))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UserError(f"--ranks {args.ranks}: {folder} is not a writable directory")
     model = load_for_eval(job, args.model, args.run_id)
     what = args.model or (f"run {args.run_id}" if args.run_id else "the job's model before training")
     print(f"{what} on the {args.split} split of {job.source}:")
-    print(format_metrics(measure(job, model, args.split), args.split))
+    print(format_metrics(measure(job, model, args.split, args.ranks), args.split))
+    if args.ranks is not None:
+        print(f"per-query ranks: {args.ranks}")
     return 0

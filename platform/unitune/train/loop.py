@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from unitune.eval import coco_protocol, retrieval_metrics_from_embeddings
+from unitune.eval import coco_protocol, metrics_from_ranks, retrieval_ranks_from_embeddings
 from unitune.losses import MiningSchedule, NonFiniteSimilarityError, scheduled_loss
+from unitune.ranks import QueryRanks
 from unitune.train.distributed import gather_batch
 
 if TYPE_CHECKING:
@@ -284,11 +285,33 @@ def evaluate(
     Raises:
         ValueError: ``folds`` does not divide the number of items.
     """
+    return _evaluate(model, dataset, batch_size, device, precision, cached, folds)[0]
+
+
+def evaluate_with_ranks(
+    model: DualEncoder,
+    dataset,
+    *,
+    batch_size: int,
+    device: torch.device | None = None,
+    precision: str = "auto",
+    cached=None,
+    folds: int = 1,
+) -> tuple[dict, QueryRanks]:
+    """:func:`evaluate`'s metrics and the split's per-query ranks (all items), from which
+    the metrics on all items are computed (``unitune.ranks``)."""
+    metrics, (item_ranks, caption_ranks) = _evaluate(model, dataset, batch_size, device, precision, cached, folds)
+    return metrics, QueryRanks.from_dataset(dataset, item_ranks, caption_ranks)
+
+
+def _evaluate(model, dataset, batch_size, device, precision, cached, folds):
     device = device or next(model.parameters()).device
     visual, text = embed_dataset(
         model, dataset, batch_size=batch_size, device=device, precision=precision, cached=cached
     )
-    if folds == 1:
-        return retrieval_metrics_from_embeddings(visual, text, dataset.caption_to_item, dataset.item_groups)
-    protocol = coco_protocol(visual, text, dataset.caption_to_item, dataset.item_groups, num_folds=folds)
-    return {**protocol["full"], **{f"folds_{key}": value for key, value in protocol["folds_mean"].items()}}
+    ranks = retrieval_ranks_from_embeddings(visual, text, dataset.caption_to_item, dataset.item_groups)
+    metrics = metrics_from_ranks(*ranks)
+    if folds > 1:
+        protocol = coco_protocol(visual, text, dataset.caption_to_item, dataset.item_groups, num_folds=folds)
+        metrics.update({f"folds_{key}": value for key, value in protocol["folds_mean"].items()})
+    return metrics, ranks

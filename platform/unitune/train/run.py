@@ -41,6 +41,7 @@ from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.cluster import check_fits, init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
+from unitune.ranks import FILE as RANKS_FILE
 from unitune.terminal import num, text_table
 from unitune.tracking import Tracker
 from unitune.train.loop import NonFiniteLossError
@@ -341,13 +342,16 @@ def log_outputs(
     tracker: Tracker, run_id: str, job: JobSpec, directory: Path, metrics: dict, *, log_model: bool
 ) -> str | None:
     """Log the last checkpoint's trained model (``directory/model``) on the run: the plain
-    artifact ``model`` (``unitune eval --run``, ``load_model``) and, with ``log_model``, the
+    artifact ``model`` (``unitune eval --run``, ``load_model``), the test split's per-query
+    ranks (``test_ranks.csv``, when the run evaluated it) and, with ``log_model``, the
     MLflow model around it (registered as ``tracking.register_as`` when set).
 
     Returns:
         The MLflow model's URI (``models:/NAME/VERSION`` when registered), else None.
     """
     tracker.log_artifact(run_id, directory / MODEL_DIR, MODEL_DIR)
+    if (directory / RANKS_FILE).is_file():  # the test split's per-query ranks (unitune.ranks)
+        tracker.log_artifact(run_id, directory / RANKS_FILE)
     if not log_model:
         return None
     from unitune import pyfunc

@@ -33,7 +33,9 @@ from unitune.errors import UserError
 from unitune.features import CachedCollator, CachedPairs, FeatureCache, augment, job_model, open_cache
 from unitune.losses import LearnableScale
 from unitune.models import DualEncoder, save_model
-from unitune.train.loop import ContrastiveStep, evaluate, train_one_epoch
+from unitune.ranks import FILE as RANKS_FILE
+from unitune.ranks import QueryRanks
+from unitune.train.loop import ContrastiveStep, evaluate_with_ranks, train_one_epoch
 from unitune.train.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
@@ -240,7 +242,7 @@ def _fit(
         _load_state(resume, run.encoder, run.scale, run.optimizer, run.scheduler, run.frozen_sha256)
         start_epoch, train_time = resume["epoch"], resume["train_time_s"]
     run.step_module, run.loader = prepare_model(run.step_module), prepare_loader(run.loader)
-    validate = _evaluator(job, "val", run, device) if rank == 0 else None  # rank 0 evaluates
+    validate = _metrics_only(_evaluator(job, "val", run, device)) if rank == 0 else None  # rank 0 evaluates
     metrics: dict = {}
     if start_epoch == 0 and report_epoch_0:
         metrics = _epoch_0(run, validate)
@@ -269,11 +271,13 @@ def _fit(
         metrics = {"epoch": epoch, **stats, "samples_per_s": samples / seconds, "train_time_s": train_time}
         if validate is not None and (epoch % job.train.eval_every == 0 or last):
             metrics.update(validate())
-        if rank == 0 and last and evaluate_test:
-            metrics.update({f"test_{k}": v for k, v in _evaluator(job, "test", run, device)().items()})
+        test, ranks = _evaluator(job, "test", run, device)() if rank == 0 and last and evaluate_test else ({}, None)
+        metrics.update({f"test_{k}": v for k, v in test.items()})
         metrics["epoch_time_s"] = time.perf_counter() - started
         final_model = run.encoder if last and save_final_model else None
-        _checkpoint_and_report(report, metrics, _state(run, epoch, train_time), final_model, rank, checkpoint_dir)
+        _checkpoint_and_report(
+            report, metrics, _state(run, epoch, train_time), final_model, rank, checkpoint_dir, ranks
+        )
     return metrics
 
 
@@ -339,8 +343,9 @@ def _train_loader(
     return loader, sampler
 
 
-def _evaluator(job: JobSpec, split: str, run: _Setup, device: torch.device) -> Callable[[], dict]:
-    """``() -> metrics`` of the model on ``split`` (``val``, or ``test`` with ``data.test_folds``).
+def _evaluator(job: JobSpec, split: str, run: _Setup, device: torch.device) -> Callable[[], tuple[dict, QueryRanks]]:
+    """``() -> (metrics, per-query ranks)`` of the model on ``split`` (``val``, or ``test``
+    with ``data.test_folds``).
 
     Evaluation runs on rank 0 only, while the others wait in report() (a barrier):
     validation splits are a few thousand items, one forward pass each, and the metrics
@@ -350,7 +355,7 @@ def _evaluator(job: JobSpec, split: str, run: _Setup, device: torch.device) -> C
         split, **job.data.dataset_options(), transform=run.encoder.image_transform(train=False), train=False
     )
     cached = run.cache.load(run.encoder, dataset, device=device) if run.cache is not None else None
-    return lambda: evaluate(
+    return lambda: evaluate_with_ranks(
         run.encoder,
         dataset,
         batch_size=job.train.eval_batch_size,
@@ -359,6 +364,10 @@ def _evaluator(job: JobSpec, split: str, run: _Setup, device: torch.device) -> C
         cached=cached,
         folds=job.data.test_folds if split == "test" else 1,
     )
+
+
+def _metrics_only(evaluate: Callable[[], tuple[dict, QueryRanks]]) -> Callable[[], dict]:
+    return lambda: evaluate()[0]
 
 
 def _epoch_0(run: _Setup, validate: Callable[[], dict] | None) -> dict:
@@ -407,9 +416,16 @@ def _load_state(resume: dict, encoder, scale, optimizer, scheduler, frozen_sha25
 
 
 def _checkpoint_and_report(
-    report: Report, metrics: dict, state: dict, final_model, rank: int, checkpoint_dir: str | os.PathLike | None
+    report: Report,
+    metrics: dict,
+    state: dict,
+    final_model,
+    rank: int,
+    checkpoint_dir: str | os.PathLike | None,
+    test_ranks: QueryRanks | None = None,
 ) -> None:
-    """Rank 0 writes the checkpoint (and, after the last epoch, the model); all ranks report."""
+    """Rank 0 writes the checkpoint (and, after the last epoch, the model and the test
+    split's per-query ranks, ``test_ranks.csv``); all ranks report."""
     if rank != 0:
         report(metrics, None)
         return
@@ -419,4 +435,6 @@ def _checkpoint_and_report(
         save_checkpoint(directory, state)
         if final_model is not None:
             save_model(final_model, directory / MODEL_DIR)
+        if test_ranks is not None:
+            test_ranks.write_csv(directory / RANKS_FILE)
         report(metrics, str(directory))
