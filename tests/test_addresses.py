@@ -1,5 +1,4 @@
-"""One local/remote rule for every address and store URI (``unitune.cluster`` and
-``unitune.tracking``): local means the processes behind it run on this machine, so they
+"""One local/remote rule for every address and store URI (``unitune.stores``): local means the processes behind it run on this machine, so they
 can open this machine's files; loopback and unspecified bind addresses are local, any
 other host (a LAN name included: names are not resolved) is remote."""
 
@@ -7,9 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from unitune.cluster import address_host, is_remote_address
+from pathlib import Path
+
+from unitune import probes
 from unitune.config import JobSpec
-from unitune.tracking import is_local_store
+from unitune.errors import UserError
+from unitune.stores import address_host, is_local_store, is_remote_address, local_path, local_store_path
 
 ADDRESSES = [  # (address, host, remote)
     (None, None, False),               # a private Ray started by this process
@@ -59,6 +61,38 @@ def test_one_rule_for_ray_and_dashboard_addresses(address, host, remote):
 ])
 def test_local_store(uri, local):
     assert is_local_store(uri) is local
+
+
+@pytest.mark.parametrize("uri, path", [
+    ("sqlite:///runs/mlruns.db", "runs/mlruns.db"),
+    ("sqlite:////abs/mlruns.db", "/abs/mlruns.db"),
+    ("sqlite:///:memory:", None),
+    ("sqlite:///", None),
+    ("file:///abs/my%20runs", "/abs/my runs"),       # percent-escapes decoded
+    ("file:rel/mlruns", "rel/mlruns"),
+    ("mlruns", "mlruns"),
+    ("/abs/mlruns", "/abs/mlruns"),
+    ("http://127.0.0.1:5000", None),
+    ("postgresql://db.lan/mlflow", None),
+    ("mlflow-artifacts:/", None),
+    ("s3://bucket/runs", None),
+])
+def test_one_rule_for_where_a_local_store_is(uri, path, tmp_path, monkeypatch):
+    # The write probes and the store look-ups (export, results, ui) read the same path:
+    # local_path as written, local_store_path the same made absolute against the cwd.
+    monkeypatch.chdir(tmp_path)
+    assert local_path(uri) == (None if path is None else Path(path))
+    expected = None if path is None else (tmp_path / path).resolve()
+    assert local_store_path(uri) == expected
+
+
+def test_the_write_probe_reads_the_store_where_the_look_up_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my runs").write_text("a file, not a folder")
+    uri = (tmp_path / "my runs").as_uri()  # file:///.../my%20runs
+    assert local_store_path(uri) == tmp_path / "my runs"
+    with pytest.raises(UserError, match="is a file, not an MLflow file-store folder"):
+        probes.probe_store(uri)
 
 
 @pytest.mark.parametrize("address, refused", [(a, r) for a, _, r in ADDRESSES])

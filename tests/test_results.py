@@ -82,17 +82,18 @@ def cli(*argv, capsys):
 def test_trials_dataframe(store):
     frame = results.trials(A, tracking_uri=store)
     assert frame.attrs["search_id"] == A and frame.attrs["metric"] == "rsum" and frame.attrs["mode"] == "max"
-    # Best rsum first (the running trial's 300 included), NaN-free order: 300, 250, 150, 100.
-    assert list(frame["run_name"]) == ["t03 all m=0.2", "t00 all m=0.175", "t01 hardest m=0.3", "t02 topk m=0.05"]
-    assert list(frame["state"]) == ["running", "completed", "stopped_by_asha", "failed"]
-    assert list(frame["best_rsum"]) == [300.0, 250.0, 150.0, 100.0]
-    assert list(frame["best_epoch"]) == [1, 2, 1, 0]
-    assert list(frame["last_rsum"]) == [300.0, 240.0, 150.0, 100.0]   # the failed trial's NaN epoch is skipped
-    assert list(frame["epochs_run"]) == [1, 3, 1, 1]   # the running trial: its last logged epoch
-    assert frame.loc[1, "config/loss.margin"] == 0.175034884505077
-    assert frame.loc[1, "config/loss.mining"] == "all"
-    assert frame.loc[1, "seconds_to_target"] == 12.4567 and frame.loc[1, "normalized_auc"] == 0.41234
-    assert math.isnan(frame.loc[0, "epochs_to_target"]) and math.isnan(frame.loc[2, "seconds_to_target"])
+    # Best first by the one rule: the finished trials by best rsum (250, 150: the first row is
+    # the trial `unitune export` picks), then the others by best rsum (running 300, failed 100).
+    assert list(frame["run_name"]) == ["t00 all m=0.175", "t01 hardest m=0.3", "t03 all m=0.2", "t02 topk m=0.05"]
+    assert list(frame["state"]) == ["completed", "stopped_by_asha", "running", "failed"]
+    assert list(frame["best_rsum"]) == [250.0, 150.0, 300.0, 100.0]
+    assert list(frame["best_epoch"]) == [2, 1, 1, 0]
+    assert list(frame["last_rsum"]) == [240.0, 150.0, 300.0, 100.0]   # the failed trial's NaN epoch is skipped
+    assert list(frame["epochs_run"]) == [3, 1, 1, 1]   # the running trial: its last logged epoch
+    assert frame.loc[0, "config/loss.margin"] == 0.175034884505077
+    assert frame.loc[0, "config/loss.mining"] == "all"
+    assert frame.loc[0, "seconds_to_target"] == 12.4567 and frame.loc[0, "normalized_auc"] == 0.41234
+    assert math.isnan(frame.loc[2, "epochs_to_target"]) and math.isnan(frame.loc[1, "seconds_to_target"])
     assert frame.loc[3, "error"] == "training loss is nan"
     # No SEARCH: the newest search in the store.
     assert results.trials(tracking_uri=store).attrs["search_id"] == A
@@ -119,24 +120,24 @@ def test_table_is_rounded_and_sorted(store, capsys):
     assert lines[1].split() == ["trial", "state", "margin", "mining", "lr", "best", "rsum", "last", "rsum",
                                 "epochs", "epochs", "to", "target", "s", "to", "target", "auc"]
     rows = [line.split() for line in lines[2:]]
-    assert [r[0] for r in rows] == ["t03", "t00", "t01", "t02"]
-    t00 = lines[3]
+    assert [r[0] for r in rows] == ["t00", "t01", "t03", "t02"]
+    t00 = lines[2]
     for shown in ("0.175 ", "0.000312", " 250 ", " 240 ", " 3 ", " 12.5 ", " 0.412"):
         assert shown in t00 + " ", shown
     assert "0.17503" not in out and "3.0 " not in out
-    assert lines[2].split()[-4:] == ["1", "-", "-", "-"]   # the running trial: no convergence speed yet
+    assert lines[4].split()[-4:] == ["1", "-", "-", "-"]   # the running trial: no convergence speed yet
 
 
 def test_csv_and_json_keep_every_digit(store, capsys):
     code, out, _ = cli(A, "--tracking-uri", store, "--format", "csv", capsys=capsys)
     assert code == 0
     frame = pd.read_csv(io.StringIO(out))
-    assert list(frame["run_name"])[:2] == ["t03 all m=0.2", "t00 all m=0.175"]
-    assert frame.loc[1, "config/loss.margin"] == 0.175034884505077
+    assert list(frame["run_name"])[:2] == ["t00 all m=0.175", "t01 hardest m=0.3"]
+    assert frame.loc[0, "config/loss.margin"] == 0.175034884505077
     code, out, _ = cli(A, "--tracking-uri", store, "--format", "json", capsys=capsys)
     records = json.loads(out)
-    assert [r["best_rsum"] for r in records] == [300.0, 250.0, 150.0, 100.0]
-    assert records[1]["config/optim.lr"] == 0.000312345 and records[0]["epochs_to_target"] is None
+    assert [r["best_rsum"] for r in records] == [250.0, 150.0, 300.0, 100.0]
+    assert records[0]["config/optim.lr"] == 0.000312345 and records[2]["epochs_to_target"] is None
 
 
 def test_sort_by_convergence_speed(store, capsys):

@@ -126,6 +126,30 @@ def test_best_trial_and_summary(search):
     assert "plots/curves.png" in plots and "plots/parallel_coordinates.png" in plots
 
 
+def test_every_reader_names_the_same_best_trial(search, tmp_path, capsys):
+    # The summary, the parent's best-trial tag, `unitune results`' first row and `unitune
+    # export`'s choice: one trial, the best finished one by a plain loop over the runs.
+    from unitune import results
+    from unitune.cli import main
+    from unitune.config import load_job
+
+    result, tracker, space, root = search
+    children = [r for r in _runs(tracker, result) if r.info.run_id != result.parent_run_id]
+    finished = [r for r in children if r.data.tags["unitune.state"] in ("completed", "stopped_by_asha")]
+    top = max(max(v for _, v in tracker.metric_history(r.info.run_id, "rsum") if not math.isnan(v))
+              for r in finished)
+    by_hand = [r.info.run_id for r in finished
+               if max(v for _, v in tracker.metric_history(r.info.run_id, "rsum") if not math.isnan(v)) == top]
+    best = result.summary["best"]["run_id"]
+    assert best in by_hand
+    assert tracker.run_tags(result.parent_run_id)["unitune.best_run"] == best
+    assert results.trials(result.search_id, tracking_uri=tracker.uri).loc[0, "run_id"] == best
+    out = tmp_path / "final.yaml"
+    assert main(["export", result.search_id, "--store", tracker.uri, "--out", str(out)]) == 0
+    assert load_job(out).tracking.source_run == best
+    assert f"trial {result.summary['best']['label']} (run {best})" in capsys.readouterr().out
+
+
 def test_optuna_study_holds_the_same_trials(search):
     result, tracker, space, root = search
     url = optuna_storage_url(f"sqlite:///{root}/mlruns.db")

@@ -464,3 +464,21 @@ def test_submit_resume_to_a_remote_cluster_needs_search_storage(tmp_path, monkey
     local = submit.plan_submission(job, DEMO, [], address="http://127.0.0.1:8265")
     assert f"search.storage={(Path.cwd() / '.unitune/tune').resolve()}" in local.entrypoint
     assert local.runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
+
+
+def test_a_server_store_keeps_its_artifacts_on_the_server(no_token, tmp_path, monkeypatch):
+    # tracking.artifact_location unset follows the URI: with an http:// store the job names
+    # none (the server's served artifacts), so a submitted search writes no `mlartifacts`
+    # folder in its job's temporary directory; an explicit location is kept.
+    monkeypatch.chdir(tmp_path)
+    server = "http://10.1.2.3:5000"
+    job = load_job(DEMO, [f"tracking.uri={server}"])
+    assert job.tracking.artifact_location is None
+    plan = submit.plan_submission(job, DEMO, [f"tracking.uri={server}"], address="http://10.1.2.3:8265")
+    argv = shlex.split(plan.entrypoint)
+    assert not any(a.startswith("tracking.artifact_location") for a in argv)
+    job_there = load_job(DEMO, [a for a in argv if "=" in a and not a.startswith("-")])
+    assert job_there.tracking.uri == server and job_there.tracking.artifact_location is None
+    assert load_job(DEMO).tracking.artifact_location == "mlartifacts"  # a local store: beside it
+    kept = load_job(DEMO, [f"tracking.uri={server}", "tracking.artifact_location=s3://b/art"])
+    assert kept.tracking.artifact_location == "s3://b/art"

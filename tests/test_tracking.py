@@ -4,8 +4,9 @@ import sys
 import pytest
 
 from unitune.errors import UserError
-from unitune.cluster import is_remote_address as is_remote_ray_address
-from unitune.tracking import Tracker, resolve_uri
+from unitune.stores import is_remote_address as is_remote_ray_address
+from unitune.stores import resolve_uri
+from unitune.tracking import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,34 @@ def test_a_logged_param_reads_back_as_the_value_it_was(value):
     from unitune.tracking import _param_str, param_value
 
     assert param_value(_param_str(value)) == value and type(param_value(_param_str(value))) is type(value)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # a port the kernel just gave out: nothing listens on it
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["results", "export", "ui", "eval"])
+def test_an_unreachable_database_store_is_refused_in_seconds(command, tmp_path, monkeypatch, capsys):
+    # A real PostgreSQL URL to a closed port: one bounded connection, not MLflow's engine
+    # retries (minutes); one line on stderr, the password masked.
+    import time
+
+    from unitune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    url = f"postgresql://u:pw@127.0.0.1:{_closed_port()}/db"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: pg\ntracking: {{uri: '{url}'}}\n")
+    argv = {"results": ["results", "--tracking-uri", url], "export": ["export", "--store", url],
+            "ui": ["ui", str(job)], "eval": ["eval", str(job), "--run", "0" * 32]}[command]
+    started = time.monotonic()
+    code = main(argv)
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed <= 15, (code, elapsed, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("unitune: error: tracking.uri: database store")
+    assert "pw" not in err and "u:***@127.0.0.1" in err

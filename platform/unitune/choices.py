@@ -25,15 +25,12 @@ PreflightMode = Literal["full", "sample", "off"]
 PREFLIGHT_MODES: tuple[str, ...] = get_args(PreflightMode)
 TINY_PRESET_NAMES = ("tiny-s", "tiny-m")  # the keys of ``unitune.models.tiny.TINY_PRESETS`` (a test keeps them equal)
 
-# What ``unitune.eval.retrieval_metrics`` returns, in its order, with the better direction:
-# recalls in percent, their sum, median and mean ranks (1-based).
+# The one list of metric names. What ``unitune.eval.retrieval_metrics`` returns, in its
+# order, with the better direction: recalls in percent (R@1/5/10, image->text then
+# text->image), their sum, median and mean ranks (1-based).
+RECALL_KEYS: tuple[str, ...] = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i")
 RETRIEVAL_METRICS: dict[str, str] = {
-    "r1_i2t": "max",
-    "r5_i2t": "max",
-    "r10_i2t": "max",
-    "r1_t2i": "max",
-    "r5_t2i": "max",
-    "r10_t2i": "max",
+    **dict.fromkeys(RECALL_KEYS, "max"),
     "rsum": "max",
     "medr_i2t": "min",
     "meanr_i2t": "min",
@@ -41,6 +38,27 @@ RETRIEVAL_METRICS: dict[str, str] = {
     "meanr_t2i": "min",
 }
 RETRIEVAL_METRIC_KEYS: tuple[str, ...] = tuple(RETRIEVAL_METRICS)
+# Largest value of a bounded metric: a recall is a percentage, RSUM the sum of the recalls.
+METRIC_MAX: dict[str, float] = {**dict.fromkeys(RECALL_KEYS, 100.0), "rsum": 100.0 * len(RECALL_KEYS)}
+# Per-epoch metrics a trial reports (``unitune.train``), with the direction that is better.
+METRICS: dict[str, str] = {"rsum": "max", **RETRIEVAL_METRICS, "train_loss": "min"}
+# Per-trial convergence speed (``unitune.search.convergence``), usable as Pareto objectives.
+CONVERGENCE_METRICS: dict[str, str] = {
+    "epochs_to_target": "min",
+    "seconds_to_target": "min",
+    "epochs_to_90pct_best": "min",
+    "normalized_auc": "max",
+}
+# Everything a trial's convergence summary holds (logged once, when the trial ends).
+CONVERGENCE_KEYS: tuple[str, ...] = (
+    "epochs_to_target",
+    "seconds_to_target",
+    "target_reached",
+    "epochs_to_90pct_best",
+    "normalized_auc",
+    "best_value",
+    "best_epoch",
+)
 
 # ``data.synthetic``: the generated data set (``unitune.data.synthetic.generate``).
 SYNTHETIC_DEFAULTS = {

@@ -15,25 +15,18 @@ An address: that cluster, with Ray's own token handling (``RAY_AUTH_TOKEN`` or
 ``~/.ray/auth_token``), after a quick TCP check, since ``ray.init`` itself retries an
 unreachable address for a minute or more.
 
-Local or remote (:func:`is_remote_address`, the one rule for every address unitune is given:
-``ray.address``, ``--address``, a dashboard URL): an address is *local* when the processes
-behind it run on this machine, so they can open this machine's files (a sqlite or file
-MLflow store). No address, ``local`` and ``auto`` (the cluster ``ray start`` began here) are
-local; so is a loopback host (``127.0.0.0/8``, ``::1``, ``localhost`` in any case) and an
-unspecified bind address (``0.0.0.0``, ``::``), whatever the scheme (``ray://``, ``http://``)
-or port. Any other host is remote, a LAN name or this machine's own name included: a name
-is never resolved, and counting it remote errs on the side of refusing a local store.
+Local or remote is ``unitune.stores.is_remote_address``, the one rule for every address
+unitune is given (``ray.address``, ``--address``, a dashboard URL).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import socket
-from urllib.parse import urlparse
 
 from unitune.errors import UserError
+from unitune.stores import LOCAL_ADDRESSES
 
 CONNECT_TIMEOUT_S = 5.0
 LOOPBACK = "127.0.0.1"
@@ -46,35 +39,6 @@ _PRIVATE_ENV = (
     "RAY_ADDRESS",
 )
 _saved_env: dict[str, str | None] | None = None
-LOCAL_ADDRESSES = (None, "", "local", "auto")
-
-
-def address_host(address: str) -> str | None:
-    """The host of a Ray address, lower-case, IPv6 without brackets: ``ray://H:10001``,
-    ``H:6379``, ``http://H:8265``, ``[::1]:6379``, a bare ``::1``; ``None`` if it has none."""
-    netloc = address.split("://", 1)[1] if "://" in address else address
-    netloc = netloc.split("/", 1)[0].rsplit("@", 1)[-1]
-    try:
-        return str(ipaddress.ip_address(netloc.strip("[]")))  # a bare IP (IPv6 without a port)
-    except ValueError:
-        return urlparse(f"//{netloc}").hostname
-
-
-def is_remote_address(address: str | None) -> bool:
-    """True when the Ray cluster (or dashboard) at ``address`` may run on other machines than
-    this one; the rule is in the module docstring."""
-    if address in LOCAL_ADDRESSES:
-        return False
-    host = address_host(address)
-    if host is None:
-        return True
-    if host == "localhost":
-        return False
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return True  # a name: not resolved
-    return not (ip.is_loopback or ip.is_unspecified)
 
 
 def init_ray(address: str | None, *, log_to_driver: bool = False) -> bool:
@@ -185,20 +149,3 @@ def check_reachable(address: str | None) -> None:
             f"ray.address: cannot connect to the Ray cluster at {address}: "
             f"{exc.strerror or exc} (is it running? `ray status --address {netloc}`)"
         ) from exc
-
-
-def check_fits(job, address: str | None) -> None:
-    """A run (one trial) that no node of the connected cluster can hold is an error now,
-    not a job that waits forever; a cluster given by address may autoscale: a warning there.
-
-    Raises:
-        UserError: names the resource key, what a run needs and what the cluster has.
-    """
-    import sys
-
-    import ray
-
-    from unitune.preflight import check_resources
-
-    for warning in check_resources(job, ray.cluster_resources(), ray.nodes(), autoscaling=address is not None):
-        print(f"unitune: warning: {warning}", file=sys.stderr)

@@ -19,6 +19,7 @@ import tempfile
 from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.errors import UserError
 from unitune.terminal import text_table
+from unitune.tracking import Tracker
 
 SPLITS = ("train", "val", "test")
 ROWS = RETRIEVAL_METRIC_KEYS
@@ -44,17 +45,16 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
     Raises:
         UserError: no saved model at ``model_path``; ``run_id`` unknown or without a model.
     """
-    from unitune.models import build_model, load_model
+    if run_id is not None:  # the store first: an unreachable one is refused before torch loads
+        tracker = Tracker(job.tracking.uri)
+        tracker.check()
+    from unitune.models import build_model, load_model  # torch: when the command runs, not for --help
 
     if model_path is not None:
         return load_model(model_path)
     if run_id is not None:
         from mlflow.exceptions import MlflowException
 
-        from unitune.tracking import Tracker
-
-        tracker = Tracker(job.tracking.uri)
-        tracker.check()
         with tempfile.TemporaryDirectory(prefix="unitune-eval-") as tmp:
             try:
                 local = tracker.client.download_artifacts(run_id, "model", tmp)
@@ -66,7 +66,7 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
             return load_model(local)
     import torch
 
-    from unitune.data import build_dataset
+    from unitune.data import build_dataset  # torch: the data layer
 
     captions = build_dataset("train", **job.data.dataset_options(), train=False).captions  # the tiny model's vocabulary
     torch.manual_seed(job.seed)  # as training seeds it: the same initial model as epoch 0 of `unitune train`
@@ -79,6 +79,7 @@ def measure(job, model, split: str = "test", ranks_file: str | None = None) -> d
     the per-query ranks are written there (``unitune.ranks``)."""
     import torch
 
+    # torch: the data layer and the evaluation loop
     from unitune.data import build_dataset
     from unitune.train.loop import evaluate_with_ranks
 
@@ -114,7 +115,7 @@ def format_metrics(metrics: dict, split: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unitune.config import load_job, require_inputs
+    from unitune.config import load_job, require_inputs  # the job schema (pydantic): not for --help
 
     job = load_job(args.job, args.overrides)
     require_inputs(job)

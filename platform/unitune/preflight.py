@@ -3,6 +3,7 @@ MLflow run exists, so that a mistake in the data ends the command in one line, i
 
     preflight(job, splits=("train", "val", "test")) -> list[SplitCheck]
     check_resources(job, cluster, nodes=None, autoscaling=False) -> [warning]
+    check_fits(job, address)   # check_resources of the connected Ray cluster
 
 Data (``data.preflight``): the annotations are parsed by the data layer's own loaders (the
 same code the trials run); every referenced media file must exist and not be empty; under
@@ -83,7 +84,7 @@ def check_image(path: str) -> None:
 
 def check_video(path: str) -> None:
     """Open a video and decode its first and last frame. Raises UserError naming the file."""
-    from unitune.data.video import probe_video
+    from unitune.data.video import probe_video  # decord: only for video data
 
     try:
         probe_video(path)
@@ -144,6 +145,7 @@ def preflight(
 
 def check_split(job: JobSpec, role: str, err: TextIO) -> SplitCheck:
     """Parse one split role with the data layer and check its media (see ``preflight``)."""
+    # the data layer (torch): not for `unitune validate` of a synthetic job
     from unitune.data import read_entries, split_names
     from unitune.data.base import Screen, screen_files
 
@@ -298,3 +300,17 @@ def check_resources(
 
 def _prefix(job: JobSpec) -> str:
     return f"{job.source}: " if job.source else ""
+
+
+def check_fits(job: JobSpec, address: str | None) -> None:
+    """:func:`check_resources` against the Ray cluster this process is connected to: a run
+    (one trial) that no node can hold is an error now, not a job that waits forever; a
+    cluster given by address may autoscale: a warning there.
+
+    Raises:
+        UserError: names the resource key, what a run needs and what the cluster has.
+    """
+    import ray  # heavy (the Ray runtime): only once Ray is connected
+
+    for warning in check_resources(job, ray.cluster_resources(), ray.nodes(), autoscaling=address is not None):
+        print(f"unitune: warning: {warning}", file=sys.stderr)

@@ -11,29 +11,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from unitune.errors import UserError, mask_uri, redact, shorten
+from unitune.stores import local_path, sqlite_path
 
 CHECK_TIMEOUT_S = 4  # per HTTP request of ``Tracker.check``
 CHECK_RETRIES = 1  # urllib3 retries the first time without a pause: <= 2 x 4 s in all
-
-
-def local_path(uri: str) -> Path | None:
-    """The file or folder of a local store or artifact URI (``sqlite:///x.db``, ``file:///x``,
-    a plain path); None for servers and remote storage (http, s3, mlflow-artifacts, ...)."""
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        return None if path.startswith(":memory:") or not path else Path(path)
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and sys.platform == "win32"):
-        return Path(uri)
-    return None
 
 
 def _probe_folder(folder: Path, what: str) -> None:
@@ -66,7 +52,7 @@ def probe_store(uri: str) -> None:
     if path is None:
         return
     what = f"tracking.uri {mask_uri(uri)!r}"
-    if uri.startswith("sqlite:///"):
+    if sqlite_path(uri) is not None:
         if path.is_dir():
             raise UserError(f"{what}: {path} is a folder, not a sqlite database file")
         if not path.parent.is_dir():
@@ -96,6 +82,40 @@ def probe_artifacts(location: str, what: str) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"{what}: {path} is a file, not a folder")
     _probe_folder(path, what)
+
+
+# How a SQLAlchemy driver is told to give up connecting (seconds), by dialect.
+_CONNECT_TIMEOUT_ARG = {"postgresql": "connect_timeout", "mysql": "connect_timeout", "mssql": "timeout"}
+
+
+def probe_database(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> None:
+    """One connection to a database store (``postgresql://``, ``mysql://``, ``mssql://``, with
+    or without ``+driver``), given up after ``timeout_s``; a no-op for any other store. MLflow
+    itself retries creating its engine for minutes ("Operation will be retried in 51.1
+    seconds"): this answers an unreachable database in seconds, before MLflow is asked.
+
+    Raises:
+        UserError: naming tracking.uri (masked) and the driver's reason, on one line.
+    """
+    dialect = urlparse(uri).scheme.split("+", 1)[0]
+    if dialect not in _CONNECT_TIMEOUT_ARG:
+        return
+    import sqlalchemy  # MLflow's dependency, loaded only for a database store
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(
+            uri, poolclass=NullPool, connect_args={_CONNECT_TIMEOUT_ARG[dialect]: timeout_s}
+        )
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "unreachable"
+        timed_out = "timeout expired" in str(exc) or "timed out" in str(exc)
+        reason = f"no answer within {timeout_s} s" if timed_out else first_line(exc)
+        raise UserError(f"tracking.uri: database store {mask_uri(uri)!r} cannot be opened: {reason}") from None
 
 
 @contextlib.contextmanager

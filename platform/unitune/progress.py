@@ -16,6 +16,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from unitune.terminal import duration
+
 if TYPE_CHECKING:
     from rich.live import Live
     from rich.progress import Progress, TaskID
@@ -152,8 +154,6 @@ class StepProgress:
             )
             self._bar = bar, bar.add_task("", total=state["steps"], rate="", left="")
         progress, task = self._bar
-        from unitune.terminal import duration
-
         progress.update(
             task,
             description=f"epoch {state['epoch']}/{self.epochs}",
@@ -184,8 +184,6 @@ class StepProgress:
         self.state = state
         now = time.monotonic()
         if not self.terminal and state["step"] < state["steps"] and now - self._last_plain >= PLAIN_EVERY_S:
-            from unitune.terminal import duration
-
             self._last_plain = now
             self.console.print(
                 f"epoch {state['epoch']}/{self.epochs}: step {state['step']}/{state['steps']}, "

@@ -18,22 +18,23 @@ through ``image_transform(train=False)`` and ``encode_image``, captions through
 (``unitune.models.load_model``, ``encode_video``).
 
 Loading needs unitune installed (``pip_requirements`` name it with torch, transformers,
-pillow and pandas). :func:`local_model_dir` turns a run or model URI, or a local copy of
-either, into the ``save_model`` directory that ``unitune.models.load_model`` reads.
+pillow and pandas). ``unitune.model_source.local_model_dir`` turns a run or model URI, or a
+local copy of either, into the ``save_model`` directory that ``unitune.models.load_model`` reads.
 """
 
 from __future__ import annotations
 
 import io
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from unitune.model_source import ARTIFACT
+from unitune.models import load_model
+
 NAME = "embedder"  # the logged model's name on its run
-ARTIFACT = "model"  # the save_model directory inside the MLflow model
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # MLflow's models-from-code file
 BATCH = 64
 
@@ -42,8 +43,6 @@ class RetrievalModel(PythonModel):
     """Embeds the ``image`` or ``caption`` of each row (see the module docstring)."""
 
     def load_context(self, context) -> None:
-        from unitune.models import load_model
-
         self.model = load_model(context.artifacts[ARTIFACT]).eval()
         self.transform = self.model.image_transform(train=False)
 
@@ -119,8 +118,6 @@ def log(tracker, run_id: str, model_dir: str | Path, *, step: int, register_as: 
     when given. Returns ``(model URI, registered version or None)``."""
     import mlflow.pyfunc
 
-    from unitune.models import load_model
-
     embed_dim = load_model(model_dir).embed_dim
     return tracker.log_model(
         run_id,
@@ -133,36 +130,3 @@ def log(tracker, run_id: str, model_dir: str | Path, *, step: int, register_as: 
         signature=signature(embed_dim),
         pip_requirements=requirements(),
     )
-
-
-def local_model_dir(ref: str, tracking_uri: str | None = None, dst: str | None = None) -> Path:
-    """The ``save_model`` directory of ``ref``: a run or model URI (``runs:/RUN_ID/model``,
-    ``runs:/RUN_ID/embedder``, ``models:/NAME/1``, ``models:/m-...``) downloaded into ``dst``
-    (default: a new temporary directory), or a local MLflow model directory (``MLmodel``).
-
-    Raises:
-        unitune.errors.UserError: the URI cannot be downloaded, or holds no unitune model.
-    """
-    import yaml
-    from mlflow.exceptions import MlflowException
-
-    from unitune.errors import UserError, first_line
-    from unitune.tracking import Tracker
-
-    path = Path(ref)
-    if ":/" in ref and not path.exists():
-        import mlflow
-
-        try:
-            path = Tracker(tracking_uri or mlflow.get_tracking_uri()).download(
-                ref, dst or tempfile.mkdtemp(prefix="unitune-model-")
-            )
-        except (MlflowException, OSError) as exc:
-            raise UserError(f"{ref}: cannot download the model ({first_line(exc)})") from None
-    if (path / "MLmodel").is_file():
-        flavor = yaml.safe_load((path / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
-        inner = flavor.get("artifacts", {}).get(ARTIFACT, {}).get("path")
-        path = path / inner if inner else path
-    if not (path / "model.json").is_file():
-        raise UserError(f"{ref}: not a unitune model (no model.json, nor an MLflow model holding one)")
-    return path

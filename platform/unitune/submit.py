@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unitune.errors import UserError, first_line, shorten
+from unitune.search.storage import DEFAULT_TUNE_DIR
+from unitune.stores import is_local_store, is_remote_address, resolve_uri
+from unitune.tracking import unreachable_store
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROBE_TIMEOUT_S = 5.0  # one request, no retries: an unreachable cluster fails in seconds
@@ -197,8 +200,6 @@ def plan_submission(
         UserError: a local MLflow store with a remote cluster (unless ``allow_local_store``);
             ``resume`` of a search on a remote cluster without ``search.storage``.
     """
-    from unitune.cluster import is_remote_address
-    from unitune.tracking import is_local_store, resolve_uri, unreachable_store
 
     remote = is_remote_address(address)
     uri = job.tracking.uri
@@ -225,8 +226,6 @@ def plan_submission(
                 "Tune accepts (s3://bucket/unitune, gs://...) for searches to be resumable"
             )
         if not remote:  # the cluster shares this machine's disk: keep the state here
-            from unitune.search.storage import DEFAULT_TUNE_DIR
-
             job_overrides.append(f"search.storage={(Path.cwd() / DEFAULT_TUNE_DIR).resolve()}")
     if python is None:
         python = "python" if remote else sys.executable
@@ -325,7 +324,7 @@ def upload_error(exc: Exception, submission: Submission, address: str) -> str:
 def forwarded_env(files: list[Path]) -> dict[str, str]:
     """Environment variables the job needs on the cluster: the ``${VAR}``s its files
     reference (when set here) and every ``UNITUNE_*``/``MLFLOW_*`` variable."""
-    from unitune.config.loading import ENV_VAR
+    from unitune.config.loading import ENV_VAR  # the job schema (pydantic): not for --help
 
     names = {m.group(1) for f in files for m in ENV_VAR.finditer(f.read_text(encoding="utf-8"))}
     names |= {n for n in os.environ if n.startswith(FORWARDED_PREFIXES)}

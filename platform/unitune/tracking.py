@@ -1,6 +1,7 @@
-"""Every MLflow call of unitune: a thin layer over ``mlflow.MlflowClient``, and the rules
-of store URIs (:func:`resolve_uri`, :func:`is_local_store`). MLflow is imported on first
-use, so the URI rules are light to import (config, submit and the UI use them).
+"""Every MLflow call of unitune: a thin layer over ``mlflow.MlflowClient`` (the rules of
+store URIs are ``unitune.stores``). MLflow is imported on first use, so this module is light
+to import (the job file's check names a store its workers cannot reach with
+:func:`unreachable_store`).
 
 Runs are addressed by explicit run ids; nothing here touches MLflow's global
 "active run" state, so a driver and many trial processes can log to the same store.
@@ -20,21 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import yaml
 
 from unitune import tags as T
-from unitune.cluster import is_remote_address
 from unitune.errors import UserError, mask_uri, redact, redact_log_records, shorten
 from unitune.locks import file_lock
-from unitune.probes import bounded_http, first_line, probe_artifacts, probe_store
+from unitune.probes import bounded_http, first_line, probe_artifacts, probe_database, probe_store
+from unitune.stores import is_server, local_store_with_remote_cluster, resolve_uri, sqlite_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-DEFAULT_STORE = "sqlite:///mlruns.db"  # tracking.uri of a job that names none (the demo's store)
-DEFAULT_ARTIFACTS = "mlartifacts"  # its tracking.artifact_location
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 INF_TAG_PREFIX = T.INF_PREFIX
 PARENT_TAG = T.PARENT
@@ -47,67 +45,17 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 redact_log_records()  # MLflow's (and every) log line: credentials in a URI masked
 
 
-def resolve_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
-    """Make a local store URI absolute, so trial processes with another cwd reach it.
-
-    ``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db``; a plain path or ``file:rel`` ->
-    ``file:///abs``; server URIs (http, https, databricks, ...) are returned unchanged.
-    ``base_dir`` defaults to the current working directory.
-    """
-    base = Path(base_dir or os.getcwd())
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        if path.startswith(":memory:") or Path(path).is_absolute():
-            return uri
-        return "sqlite:///" + str((base / path).resolve())
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and sys.platform == "win32"):
-        path = parsed.path if parsed.scheme == "file" else uri
-        return (base / path).resolve().as_uri()
-    return uri
-
-
-def is_local_store(uri: str) -> bool:
-    """True for stores kept in this machine's files, which a remote Ray cluster's workers
-    cannot open: sqlite databases, ``file:`` URIs and plain paths (a one-letter scheme is a
-    Windows drive). A database or MLflow server (``postgresql://``, ``http(s)://``) is not,
-    whatever its host."""
-    scheme = urlparse(uri).scheme
-    return scheme in ("", "file", "sqlite") or len(scheme) == 1
-
-
 def unreachable_store(uri: str, ray_address: str | None) -> str | None:
     """Why the workers of the Ray cluster at ``ray_address`` could not write to the store
-    ``uri`` (a local store, :func:`is_local_store`, with a remote cluster,
-    ``unitune.cluster.is_remote_address``), or ``None`` when they can. The one rule behind
-    the job file's check, :meth:`Tracker.check` and ``unitune submit``."""
-    if ray_address is None or not is_local_store(uri) or not is_remote_address(ray_address):
+    ``uri`` (``unitune.stores.local_store_with_remote_cluster``), or ``None`` when they can.
+    The one message of the job file's check, :meth:`Tracker.check` and ``unitune submit``."""
+    if not local_store_with_remote_cluster(uri, ray_address):
         return None
     return (
         f"{shorten(mask_uri(uri), 160)} is a local store that the workers of the remote cluster "
         f"{shorten(mask_uri(ray_address), 80)} cannot reach; use an http(s):// MLflow server "
         "or a shared database"
     )
-
-
-def local_store_path(uri: str) -> Path | None:
-    """The database file or folder of a local store (:func:`is_local_store`) with its path made
-    absolute (:func:`resolve_uri`); ``None`` for a server URI or an in-memory sqlite database."""
-    resolved = resolve_uri(uri)
-    if resolved.startswith("sqlite:///"):
-        path = resolved[len("sqlite:///") :]
-        return None if path.startswith(":memory:") else Path(path)
-    return Path(urlparse(resolved).path) if is_local_store(resolved) else None
-
-
-def sqlite_lock(url: str) -> Path | None:
-    """The lock file that serialises creating the sqlite database ``url`` (MLflow's and
-    Optuna's migrations race when two processes create one store), or None (not sqlite, or
-    a directory this process cannot write: opening the store then reports that)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    db = Path(url[len("sqlite:///") :])
-    return db.with_name(db.name + ".lock") if db.parent.is_dir() and os.access(db.parent, os.W_OK) else None
 
 
 class Tracker:
@@ -159,7 +107,8 @@ class Tracker:
         store (the sqlite file and its folder, or the file store's folder) and of a local
         artifact location (``tracking.artifact_location``, and the existing ``experiment``'s
         own location); then one request to the store, with MLflow's HTTP retries bounded
-        (``unitune.probes.bounded_http``) so an unreachable server answers in ~10 s.
+        (``unitune.probes.bounded_http``) so an unreachable server answers in ~10 s; a
+        database store gets one bounded connection first (``unitune.probes.probe_database``).
         Nothing is created in the store; credentials in the URI are masked in messages.
 
         Raises:
@@ -171,6 +120,7 @@ class Tracker:
         if reason is not None:
             raise UserError(f"tracking.uri: {reason}")
         probe_store(self.uri)
+        probe_database(self.uri)
         if self.artifact_location:
             probe_artifacts(self.artifact_location, f"tracking.artifact_location {mask_uri(self.artifact_location)!r}")
         with bounded_http():
@@ -240,6 +190,41 @@ class Tracker:
             max_results=1,
         )
         return runs[0].info.run_id if runs else None
+
+    def query_runs(self, experiment_ids: list[str], tags: dict, *, newest_first: bool = False, limit: int = 10000):
+        """Active runs of ``experiment_ids`` whose tags equal ``tags``, by start time (oldest
+        first unless ``newest_first``): MLflow's search API, for ``unitune.record`` only."""
+        return list(
+            self.client.search_runs(
+                experiment_ids,
+                filter_string=tag_filter(tags),
+                order_by=[f"attributes.start_time {'DESC' if newest_first else 'ASC'}"],
+                max_results=limit,
+            )
+        )
+
+    def experiment_ids(self, name: str | None = None) -> list[str]:
+        """``[id]`` of the experiment ``name`` (created if absent), or the ids of every experiment."""
+        if name is not None:
+            return [self.experiment_id(name)]
+        return [e.experiment_id for e in self.client.search_experiments()]
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return self.client.get_experiment(experiment_id).name
+
+    def experiment_named(self, name: str) -> str | None:
+        """The id of the experiment ``name`` (active or deleted), or None; nothing is created."""
+        exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else exp.experiment_id
+
+    def get_run(self, run_id: str):
+        """The MLflow run ``run_id``, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
 
     def search_runs(self, experiment: str, tags: dict) -> list:
         """All active runs of ``experiment`` whose tags equal ``tags`` (mlflow Run objects)."""
@@ -396,7 +381,7 @@ class Tracker:
         """A URL (server stores) or a short reference (local stores) for a run."""
         run = self.client.get_run(run_id)
         ref = f"#/experiments/{run.info.experiment_id}/runs/{run_id}"
-        if urlparse(self.uri).scheme in ("http", "https"):
+        if is_server(self.uri):
             return redact(self.uri.rstrip("/")) + "/" + ref
         return ref
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from unitune.errors import UserError
-from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, local_store_path, resolve_uri
+from unitune.probes import probe_database
+from unitune.stores import DEFAULT_ARTIFACTS, DEFAULT_STORE, local_store_path, resolve_uri, sqlite_path
 
 START_TIMEOUT_S = 120.0
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if urlparse(uri).scheme in ("http", "https"):
         print(f"The job's store is an MLflow server; open {uri}", flush=True)
         return 0
+    probe_database(uri)  # an unreachable database: refused in seconds, not after the server's retries
     started = time.monotonic()
     proc = start_ui(uri, artifacts, host=args.host, port=args.port)
     # SIGTERM takes the same path as Ctrl-C, so the server never outlives this process.
@@ -74,7 +76,7 @@ def experiment_of(job_path: str | None) -> str | None:
     """The job's experiment name (``None`` without a job: the store's newest experiment)."""
     if job_path is None:
         return None
-    from unitune.config import load_job
+    from unitune.config import load_job  # the job schema (pydantic): not for --help
 
     return load_job(job_path).experiment
 
@@ -121,13 +123,13 @@ def store_of(job_path: str | None) -> tuple[str, str | None]:
         uri, artifacts = DEFAULT_STORE, DEFAULT_ARTIFACTS
         where = f"the demo store {DEFAULT_STORE}"
     else:
-        from unitune.config import load_job
+        from unitune.config import load_job  # the job schema (pydantic): not for --help
 
         job = load_job(job_path)
         uri, artifacts = job.tracking.uri, job.tracking.artifact_location
         where = f"{job_path}: tracking.uri {uri}"
     uri = resolve_uri(uri)
-    db = local_store_path(uri) if uri.startswith("sqlite:") else None
+    db = local_store_path(uri) if sqlite_path(uri) is not None else None
     if db is not None and not db.exists():
         raise UserError(f"{where}: no MLflow store at {db} (run a search from this directory first)")
     if artifacts is not None and "://" not in artifacts:

@@ -18,7 +18,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_job_from_args(args: argparse.Namespace):
     """The validated ``JobSpec`` of ``add_job_arguments``' arguments (``--space`` applied)."""
-    from unitune.config import load_job
+    from unitune.config import load_job  # the job schema (pydantic): loaded when the command runs, not for --help
 
     overrides = list(args.overrides)
     if getattr(args, "space", None):
@@ -32,7 +32,7 @@ def load_space_for(job):
     Raises:
         UserError: ``search.space`` names a file that does not exist (``job: search.space: ...``).
     """
-    from unitune.config import load_space, require_space
+    from unitune.config import load_space, require_space  # the job schema (pydantic): not for --help
 
     path = require_space(job)
     return load_space(path, job) if path is not None else None

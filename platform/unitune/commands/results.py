@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from unitune.terminal import text_table
+from unitune.choices import CONVERGENCE_METRICS
+from unitune.errors import UserError
+from unitune.stores import DEFAULT_STORE
+from unitune.terminal import num, text_table
 
 FORMATS = ("table", "csv", "json")
 
@@ -45,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the trials (or the comparison) in the chosen format; 0 on success."""
-    from unitune import results
-    from unitune.errors import UserError
+    from unitune import results  # pandas and MLflow: when the command runs, not for --help
 
     uri, experiment = _store(args)
     if args.compare:
@@ -58,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     sort = args.sort
     if sort in results.SPEED:
         frame = results.trials(args.search, tracking_uri=uri, experiment=experiment)
-        from unitune.config import CONVERGENCE_METRICS
-
         frame = results.sort(frame, sort, CONVERGENCE_METRICS[sort])
         frame.attrs["sorted_by"] = f"{sort} ({CONVERGENCE_METRICS[sort]})"
     else:
@@ -70,10 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> tuple[str, str | None]:
     """(tracking URI, experiment or None) from ``--job``, ``--tracking-uri`` or the default."""
-    from unitune.tracking import DEFAULT_STORE
-
     if args.job:
-        from unitune.config import load_job
+        from unitune.config import load_job  # the job schema (pydantic): loaded when the command runs, not for --help
 
         job = load_job(args.job)
         return job.tracking.uri, job.experiment
@@ -89,8 +87,6 @@ def _render(frame, fmt: str, table) -> str:
 
 
 def _cell(value) -> str:
-    from unitune.terminal import num
-
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if hasattr(value, "item"):  # numpy scalars
@@ -128,7 +124,7 @@ def _trials_table(frame) -> str:
 
 
 def _compare_table(frame) -> str:
-    from unitune.results import STATES
+    from unitune.results import STATES  # pandas: when the command runs, not for --help
 
     columns = [
         ("search_id", "search"),

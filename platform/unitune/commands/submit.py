@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     job = load_job_from_args(args)
     if job.search.space is None:
         raise UserError(f"{args.job}: search.space: not set; pass --space FILE")
-    from unitune.config import require_space
+    from unitune.config import require_space  # the job schema (pydantic): not for --help
 
     require_space(job)  # the search the cluster runs reads it
     address = resolve_address(args.address)

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.register is not None:  # quoted: override values are read as YAML (`--register 2024` is a name)
         args.overrides = [*args.overrides, f"tracking.register_as={json.dumps(args.register)}"]
     job = load_job_from_args(args)
+    # the job schema, the data checks (PIL) and the training (torch, Ray): when the command runs
     from unitune.config import require_inputs
     from unitune.preflight import preflight
 

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check a job (and its search space) without running anything; print a summary."""
+    # the job schema (pydantic) and the data checks (PIL): when the command runs, not for --help
     from unitune.config import missing_inputs, space_warnings
     from unitune.preflight import preflight
 

@@ -5,8 +5,8 @@
     space_warnings(space) -> [message]
 
 Imports no torch, Ray or MLflow, so every layer may read it; the local/remote rules it checks
-jobs with is ``unitune.tracking.unreachable_store`` (``unitune.cluster.is_remote_address`` and
-``unitune.tracking.is_local_store``).
+jobs with is ``unitune.tracking.unreachable_store`` (``unitune.stores.is_remote_address`` and
+``unitune.stores.is_local_store``).
 """
 
 from unitune.choices import DATA_FORMATS, MINING_MODES, MODEL_NAMES

@@ -35,7 +35,8 @@ from unitune.choices import (
     WarmupMode,
 )
 from unitune.errors import mask_uri, shorten
-from unitune.tracking import DEFAULT_ARTIFACTS, DEFAULT_STORE, unreachable_store
+from unitune.stores import DEFAULT_ARTIFACTS, DEFAULT_STORE, default_artifacts
+from unitune.tracking import unreachable_store
 
 TINY_PRESETS = TINY_PRESET_NAMES
 
@@ -290,10 +291,20 @@ class TrackingSpec(Spec):
     """MLflow store. ``experiment: None`` uses the job name. ``source_run``: the MLflow run id
     of the search trial a job was exported from (``unitune export``); ``unitune train`` tags
     its run with it (``unitune.source_run``). ``register_as``: ``unitune train`` registers
-    its model under this name in the store's model registry (a new version each run)."""
+    its model under this name in the store's model registry (a new version each run).
+    ``artifact_location`` unset follows ``uri`` (``unitune.stores.default_artifacts``):
+    ``mlartifacts`` beside a local store, the server's own (served) artifacts otherwise."""
 
     uri: str = DEFAULT_STORE
     artifact_location: str | None = DEFAULT_ARTIFACTS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _artifacts_follow_the_store(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "artifact_location" not in data:
+            data = {**data, "artifact_location": default_artifacts(str(data.get("uri", DEFAULT_STORE)))}
+        return data
+
     experiment: str | None = None
     source_run: str | None = None
     register_as: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from unitune.choices import RETRIEVAL_METRICS
+from unitune.choices import CONVERGENCE_METRICS, METRICS
 from unitune.config.job import FieldError, FiniteFloat, JobSpec, Spec
 from unitune.config.loading import apply_overrides, read_config
 from unitune.config.messages import describe_error, validation_message
@@ -35,15 +35,6 @@ from unitune.errors import UserError, shorten
 if TYPE_CHECKING:
     from typing_extensions import TypeForm  # pydantic's dependency; only named in a cast here
 
-# Per-epoch metrics a trial reports (``unitune.train``), with the direction that is better.
-METRICS: dict[str, str] = {"rsum": "max", **RETRIEVAL_METRICS, "train_loss": "min"}
-# Per-trial convergence speed (``unitune.search``), usable as Pareto objectives.
-CONVERGENCE_METRICS: dict[str, str] = {
-    "epochs_to_target": "min",
-    "seconds_to_target": "min",
-    "epochs_to_90pct_best": "min",
-    "normalized_auc": "max",
-}
 Scalar = str | int | float | bool | None
 Mode = Literal["min", "max"]
 MANY_TRIALS = 10_000  # more trials than any search on one cluster finishes: a warning

@@ -71,14 +71,14 @@ def load_model(
     `source`: a `save_model` directory (a downloaded `model` artifact); a local MLflow model
     directory (the pyfunc `unitune train` logs); or a run or model URI (`runs:/RUN_ID/model`,
     `models:/NAME/VERSION`) in the store `tracking_uri` (default: MLflow's own setting).
-    Only the last two import MLflow (`unitune.pyfunc`). Raises UserError when `source` holds
+    Only a URI imports MLflow (`unitune.model_source`). Raises UserError when `source` holds
     no saved model or cannot be downloaded."""
     directory = Path(source)
     is_uri = ":/" in str(source) and not directory.exists()
     if is_uri or (directory / "MLmodel").is_file():
         import tempfile
 
-        from unitune.pyfunc import local_model_dir
+        from unitune.model_source import local_model_dir  # MLflow (heavy) only for a URI
 
         with tempfile.TemporaryDirectory(prefix="unitune-model-") as tmp:
             return _load_dir(local_model_dir(str(source), tracking_uri, dst=tmp), map_location)

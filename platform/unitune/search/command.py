@@ -11,6 +11,8 @@ import shlex
 import sys
 
 from unitune.commands.jobargs import add_job_arguments, load_job_from_args, load_space_for
+from unitune.errors import UserError, redact
+from unitune.probes import SQLITE_LOCKED_HINT, sqlite_locked
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the search, print its summary; 0 when at least one trial reported."""
-    from unitune.config import require_inputs, space_warnings
-    from unitune.errors import UserError, redact
+    from unitune.config import require_inputs, space_warnings  # the job schema (pydantic): not for --help
 
     job = load_job_from_args(args)
     space = load_space_for(job)
@@ -44,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
     require_inputs(job)
     for warning in space_warnings(space):
         print(f"unitune: warning: {warning}", file=sys.stderr)
-    from unitune.preflight import preflight
+    from unitune.preflight import preflight  # PIL: when the command runs
 
     preflight(job, splits=("train", "val"))  # the data a search reads, before Ray and MLflow
+    # Ray, Optuna and MLflow: when the command runs, not for --help
     from unitune.search.driver import run_search
     from unitune.search.report import bound_warnings, format_summary
 
@@ -63,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
             resume_hint=again,
         )
     except Exception as exc:
-        from unitune.probes import SQLITE_LOCKED_HINT, sqlite_locked
-
         if not sqlite_locked(exc):
             raise
         raise UserError(f"tracking.uri {redact(job.tracking.uri)}: {SQLITE_LOCKED_HINT}") from None

@@ -29,17 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-KEYS = (
-    "epochs_to_target",
-    "seconds_to_target",
-    "target_reached",
-    "epochs_to_90pct_best",
-    "normalized_auc",
-    "best_value",
-    "best_epoch",
-)
-# Largest value of a bounded metric (recalls are percentages; RSUM sums six of them).
-METRIC_MAX: dict[str, float] = {"rsum": 600.0, **{f"r{k}_{d}": 100.0 for k in (1, 5, 10) for d in ("i2t", "t2i")}}
+from unitune.choices import CONVERGENCE_KEYS as KEYS
+from unitune.choices import METRIC_MAX
 
 
 def _check_mode(mode: str) -> None:

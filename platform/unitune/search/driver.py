@@ -36,6 +36,9 @@ from unitune import cluster, probes, terminal
 from unitune import tags as T
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
 from unitune.errors import UserError, mask_uri
+from unitune.preflight import check_fits
+from unitune.progress import StepProgress
+from unitune.record import Record, Role, State
 from unitune.search.interrupt import Interrupt
 from unitune.search.live import DriverCallback
 from unitune.search.record import Recorder
@@ -60,7 +63,7 @@ class SearchResult:
 
     @property
     def interrupted(self) -> bool:
-        return self.summary.get("state") == "interrupted"
+        return self.summary.get("state") == State.INTERRUPTED
 
 
 def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
@@ -121,7 +124,7 @@ def allocate_search(tracker: Tracker, storage, experiment: str, base_id: str, sp
     metrics, _ = space.objective_names()
     for k in range(1, MAX_SEARCHES):
         search_id = base_id if k == 1 else f"{base_id}-{k}"
-        if tracker.find_run(experiment, {T.SEARCH: search_id, T.ROLE: "search"}) is not None:
+        if Record(tracker).run(experiment, Role.SEARCH, {T.SEARCH: search_id}) is not None:
             continue
         try:
             study = optuna.create_study(study_name=search_id, storage=storage, directions=_directions(space))
@@ -136,12 +139,11 @@ def allocate_search(tracker: Tracker, storage, experiment: str, base_id: str, sp
 
 def find_unfinished(tracker: Tracker, experiment: str, key: str) -> tuple[str, str] | None:
     """(search id, parent run id) of the newest unfinished search with this key, else None."""
-    runs = tracker.search_runs(experiment, {T.ROLE: "search", T.SEARCH_KEY: key})
-    unfinished = [r for r in runs if r.info.status != "FINISHED"]
+    runs = Record(tracker).searches(experiment, {T.SEARCH_KEY: key})  # newest first
+    unfinished = [r for r in runs if r.status != "FINISHED"]
     if not unfinished:
         return None
-    run = unfinished[-1]
-    return run.data.tags[T.SEARCH], run.info.run_id
+    return unfinished[0].search_id, unfinished[0].run_id
 
 
 def warm_start(storage: optuna.storages.BaseStorage, source: str, target: str, space: SearchSpaceSpec) -> int:
@@ -238,7 +240,7 @@ def run_search(
                 f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
                 "started in another directory, or on a cluster without search.storage)"
             )
-    from unitune import features
+    from unitune import features  # torch and the data layer: imported by the driver only here
 
     features.check(base)  # cache refusals (unwritable directory, augmentation) before Ray starts
     started_ray = init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
@@ -248,7 +250,7 @@ def run_search(
     if verbose and features.setting(base) != "off":
         print("unitune: preparing the frozen-prefix feature cache ...", file=sys.stderr, flush=True)
     try:
-        cluster.check_fits(base, address)
+        check_fits(base, address)
         cache = features.prepare(base)
     except BaseException:
         if started_ray:
@@ -273,7 +275,7 @@ def run_search(
     else:
         search_id, parent = found
         tracker.reopen_run(parent)
-        tracker.set_tags(parent, {**(tags or {}), T.STATE: "running"})
+        tracker.set_tags(parent, {**(tags or {}), T.STATE: State.RUNNING})
 
     if found is None and cache["feature_cache_dir"] is not None:
         tracker.log_metrics(
@@ -287,8 +289,6 @@ def run_search(
     metrics, modes = space.objective_names()
     steps = None
     if verbose and space.max_concurrent == 1:  # one trial at a time: its in-epoch progress bar
-        from unitune.progress import StepProgress
-
         steps = StepProgress(base.train.epochs, own_display=False)
     setup = TrialSetup(
         job=base,
@@ -311,11 +311,11 @@ def run_search(
 
     def mark_interrupted() -> None:
         recorder.interrupting = True
-        tracker.set_tags(parent, {T.STATE: "interrupted"})
+        tracker.set_tags(parent, {T.STATE: State.INTERRUPTED})
         recorder.interrupt_running()
         tracker.end_run(parent, "KILLED")
 
-    state = "interrupted"
+    state = State.INTERRUPTED
     interrupt = Interrupt(mark_interrupted, resume_hint)
     try:
         with interrupt:
@@ -346,7 +346,7 @@ def run_search(
             with terminal.to_log(), steps or contextlib.nullcontext():  # to_log: Tune's box
                 tuner.fit()
         if interrupt.signal is None and _all_final(recorder, space.num_trials):
-            state = "completed"
+            state = State.COMPLETED
     finally:
         driver_cb.close()
         recorder.interrupting = True
@@ -355,7 +355,7 @@ def run_search(
         summary["state"] = state
         try:
             write_artifacts(setup, space, job, storage, summary)
-            _log_headline(tracker, parent, summary)
+            log_headline(tracker, parent, summary)
         finally:
             tracker.set_tags(parent, {T.STATE: state})
             tracker.end_run(parent, T.STATUS_OF_STATE[state])
@@ -372,8 +372,8 @@ def _start_parent(
         search_id,
         tags={
             T.SEARCH: search_id,
-            T.ROLE: "search",
-            T.STATE: "running",
+            T.ROLE: Role.SEARCH,
+            T.STATE: State.RUNNING,
             T.SEARCH_KEY: key,
             T.JOB_FILE: str(job.source or ""),
             T.SPACE_FILE: str(space.source or ""),
@@ -404,20 +404,17 @@ def _start_parent(
 def _all_final(recorder: Recorder, num_trials: int) -> bool:
     """Every planned trial has a final record (the record, not Tune, decides)."""
     setup = recorder.setup
-    runs = setup.tracker.search_runs(setup.experiment, {T.SEARCH: setup.search_id, T.ROLE: "trial"})
-    return sum(r.data.tags.get(T.STATE) in T.DONE_STATES for r in runs) >= num_trials
+    runs = Record(setup.tracker).trial_runs(setup.search_id, setup.experiment)
+    return sum(r.state is not None and r.state.done for r in runs) >= num_trials
 
 
-def _log_headline(tracker: Tracker, parent: str, summary: dict) -> None:
-    """The parent's metrics: best value, trials per state, trial-epochs spent (runs table)."""
-    trials = summary["trials"]
-    metrics = {
-        f"trials_{s}": sum(t["state"] == s for t in trials)
-        for s in ("completed", "stopped_by_asha", "failed", "interrupted")
-    }
-    metrics["trial_epochs"] = sum(int(t["epochs_run"] or 0) for t in trials)
+def log_headline(tracker: Tracker, parent: str, summary: dict) -> None:
+    """The parent's metrics: best value, trials per state, trial-epochs spent (runs table);
+    its tags: the best trial (the summary's, ``unitune.record.best``)."""
+    metrics: dict[str, float] = {f"trials_{s}": n for s, n in summary["counts"].items()}
+    metrics["trial_epochs"] = summary["trial_epochs"]
     if summary["best"] is not None:
-        metrics[f"best_{summary['metric']}"] = summary["best"]["metrics"]["best_value"]
+        metrics[f"best_{summary['metric']}"] = summary["best"]["score"]
     tracker.log_metrics(parent, metrics, step=0)
     if summary["best"] is not None:
         tracker.set_tags(parent, {T.BEST_TRIAL: summary["best"]["trial_id"], T.BEST_RUN: summary["best"]["run_id"]})

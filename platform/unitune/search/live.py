@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 from ray.tune import Callback
 
 from unitune.config import SearchSpaceSpec
+from unitune.record import State, trial_label
 from unitune.search.cleanup import drop_checkpoints
-from unitune.search.record import Recorder, trial_label
+from unitune.search.record import Recorder
 from unitune.search.trial import FAILED_KEY, error_message
 from unitune.terminal import duration, num
 
@@ -33,10 +34,10 @@ if TYPE_CHECKING:
 _LIVE: DriverCallback | None = None
 # How the table shows a state (the record's names are longer than a column should be).
 STATE_TEXT = {
-    "completed": "[green]completed[/]",
-    "stopped_by_asha": "[yellow]stopped[/]",
-    "failed": "[red]failed[/]",
-    "interrupted": "[magenta]interrupted[/]",
+    State.COMPLETED: "[green]completed[/]",
+    State.STOPPED_BY_ASHA: "[yellow]stopped[/]",
+    State.FAILED: "[red]failed[/]",
+    State.INTERRUPTED: "[magenta]interrupted[/]",
     "RUNNING": "[cyan]running[/]",
     "PENDING": "pending",
 }
@@ -124,19 +125,21 @@ class DriverCallback(Callback):
         if self.recorder.interrupting:
             return  # the driver closes what the interruption cut short
         if FAILED_KEY in last:
-            state = self.recorder.finish(trial.trial_id, trial.config, "failed", last=last, error=str(last[FAILED_KEY]))
+            state = self.recorder.finish(
+                trial.trial_id, trial.config, State.FAILED, last=last, error=str(last[FAILED_KEY])
+            )
         elif epoch is not None and epoch >= self.max_epochs:
-            state = self.recorder.finish(trial.trial_id, trial.config, "completed", last=last)
+            state = self.recorder.finish(trial.trial_id, trial.config, State.COMPLETED, last=last)
         else:
-            state = self.recorder.finish(trial.trial_id, trial.config, "stopped_by_asha", last=last)
+            state = self.recorder.finish(trial.trial_id, trial.config, State.STOPPED_BY_ASHA, last=last)
         self._row(trial)["state"] = state
         drop_checkpoints(trial)
         what = {
-            "completed": "completed",
-            "stopped_by_asha": f"stopped by ASHA at epoch {fmt(epoch)}",
-            "failed": f"failed: {last.get(FAILED_KEY)}",
+            State.COMPLETED: State.COMPLETED,
+            State.STOPPED_BY_ASHA: f"stopped by ASHA at epoch {fmt(epoch)}",
+            State.FAILED: f"failed: {last.get(FAILED_KEY)}",
         }.get(state, state)
-        value = "" if state == "failed" else f": {self.metric} {fmt(last.get(self.metric))}"
+        value = "" if state == State.FAILED else f": {self.metric} {fmt(last.get(self.metric))}"
         self._event(f"trial {self._name(trial)} {what}{value}{self._progress_text()}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -146,8 +149,8 @@ class DriverCallback(Callback):
             reason = error_message(trial.get_error())
         except Exception:  # noqa: BLE001 - the error file may be gone
             reason = "trial raised an error"
-        self.recorder.finish(trial.trial_id, trial.config, "failed", last=trial.last_result, error=reason)
-        self._row(trial)["state"] = "failed"
+        self.recorder.finish(trial.trial_id, trial.config, State.FAILED, last=trial.last_result, error=reason)
+        self._row(trial)["state"] = State.FAILED
         drop_checkpoints(trial)
         self._event(f"trial {self._name(trial)} failed: {reason}{self._progress_text()}")
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import optuna
 
 from unitune import tags as T
-from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
+from unitune.choices import CONVERGENCE_KEYS
+from unitune.record import Record, Role, State, trial_label
 from unitune.search.trial import EPOCH_KEY, FAILED_KEY, NODE_KEY, TrialSetup, progress, read_curve
 
 _TUNE_KEYS = {
@@ -63,11 +64,6 @@ def epoch_metrics(result: dict) -> dict[str, float]:
         for k, v in result.items()
         if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
-
-
-def trial_label(number: int) -> str:
-    """``t03``: how the terminal, the summary and the plots name Optuna trial 3."""
-    return f"t{number:02d}"
 
 
 def run_name(number: int, config: dict, params: list[str]) -> str:
@@ -136,10 +132,10 @@ class Recorder:
         if frozen.state.is_finished():
             return
         trial = optuna.trial.Trial(self.study, frozen._trial_id)
-        if state == "failed":
+        if state == State.FAILED:
             trial.set_user_attr("fail_reason", (reason or "unknown error")[:500])
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-        elif state == "stopped_by_asha":  # its value: the last intermediate value (one objective)
+        elif state == State.STOPPED_BY_ASHA:  # its value: the last intermediate value (one objective)
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
         elif (finite := _all_finite(values)) is not None:
             self.study.tell(number, finite if not self.single else finite[0])
@@ -152,10 +148,10 @@ class Recorder:
         """A trial (re)starts: its run found or created, RUNNING unless its record is final."""
         tracker, setup = self.setup.tracker, self.setup
         number = self.optuna_trial(trial_id).number
-        run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})
+        run_id = self._find({T.TRIAL: trial_id})
         state: str | None  # the run's state tag (None: a run without one)
         if run_id is None:  # continued under a new Tune id after the driver died
-            run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.OPTUNA_TRIAL: number})
+            run_id = self._find({T.OPTUNA_TRIAL: number})
             if run_id is not None:
                 old = tracker.run_tags(run_id)
                 chain = ",".join(filter(None, [old.get(T.PREVIOUS_TRIAL_IDS), old.get(T.TRIAL)]))
@@ -168,20 +164,20 @@ class Recorder:
                     T.SEARCH: setup.search_id,
                     T.TRIAL: trial_id,
                     T.OPTUNA_TRIAL: number,
-                    T.ROLE: "trial",
-                    T.STATE: "running",
+                    T.ROLE: Role.TRIAL,
+                    T.STATE: State.RUNNING,
                 },
                 parent_run_id=setup.parent_run_id,
             )
-            state = "running"
+            state = State.RUNNING
         else:
             state = tracker.run_tags(run_id).get(T.STATE)
-            if state not in T.DONE_STATES and state != "running":
-                T.check_transition(state, "running")
+            if state not in T.DONE_STATES and state != State.RUNNING:
+                T.check_transition(state, State.RUNNING)
                 tracker.reopen_run(run_id)
-                tracker.set_tags(run_id, {T.STATE: "running"})
-                state = "running"
-            elif state == "running" and tracker.run_status(run_id) != "RUNNING":
+                tracker.set_tags(run_id, {T.STATE: State.RUNNING})
+                state = State.RUNNING
+            elif state == State.RUNNING and tracker.run_status(run_id) != "RUNNING":
                 tracker.reopen_run(run_id)
         if config:
             tracker.log_params(run_id, config)
@@ -189,6 +185,11 @@ class Recorder:
         nodes = tracker.run_tags(run_id).get(T.RAY_NODES, "")
         self.runs[trial_id] = _Open(run_id, number, state, logged, nodes.split(",") if nodes else [])
         return run_id
+
+    def _find(self, tags: dict) -> str | None:
+        """The run id of this search's run with ``tags``, or None."""
+        found = Record(self.setup.tracker).run(self.setup.experiment, None, {T.SEARCH: self.setup.search_id, **tags})
+        return found.run_id if found is not None else None
 
     def _open(self, trial_id: str, config: dict) -> _Open:
         if trial_id not in self.runs:
@@ -198,7 +199,7 @@ class Recorder:
     def result(self, trial_id: str, config: dict, result: dict) -> None:
         """One report of a trial: its epoch logged once, and told to Optuna as a step."""
         rec = self._open(trial_id, config)
-        if rec.state != "running" or FAILED_KEY in result or EPOCH_KEY not in result:
+        if rec.state != State.RUNNING or FAILED_KEY in result or EPOCH_KEY not in result:
             return
         node = result.get(NODE_KEY)
         if node and rec.nodes[-1:] != [node]:  # where it runs: a retry after a lost node moves it
@@ -230,14 +231,14 @@ class Recorder:
         conv = progress(setup, curve)
         tracker.log_metrics(rec.run_id, conv, step=last_epoch)
         new_tags = {T.STATE: state, T.EPOCHS_RUN: last_epoch}
-        if state == "stopped_by_asha":
+        if state == State.STOPPED_BY_ASHA:
             new_tags[T.STOP_EPOCH] = last_epoch
-        if state == "failed":
+        if state == State.FAILED:
             new_tags[T.ERROR] = error or "unknown error"
         tracker.set_tags(rec.run_id, new_tags)
         tracker.end_run(rec.run_id, T.STATUS_OF_STATE[state])
         rec.state = state
-        if state != "interrupted":
+        if state != State.INTERRUPTED:
             values = [(last or {}).get(m) for m, _ in setup.objectives]
             if curve and setup.metric in curve[-1]:
                 values[0] = curve[-1][setup.metric]
@@ -249,20 +250,20 @@ class Recorder:
         Called on SIGINT/SIGTERM (the record is right even if a SIGKILL follows) and at the end."""
         count = 0
         setup = self.setup
-        for run in setup.tracker.search_runs(setup.experiment, {T.SEARCH: setup.search_id, T.ROLE: "trial"}):
-            tag = run.data.tags.get(T.STATE)
-            if run.info.status == "RUNNING" or tag == "running":
-                trial_id = run.data.tags.get(T.TRIAL)
+        for run in Record(setup.tracker).trial_runs(setup.search_id, setup.experiment):
+            tag = run.tags.get(T.STATE)
+            if run.status == "RUNNING" or tag == State.RUNNING:
+                trial_id = run.tags.get(T.TRIAL, "")
                 rec = self.runs.get(trial_id)
                 if rec is not None and rec.state in T.DONE_STATES:
                     continue
                 if rec is None:
                     self.runs[trial_id] = rec = _Open(
-                        run.info.run_id, int(run.data.tags.get(T.OPTUNA_TRIAL, -1)), tag or "running"
+                        run.run_id, int(run.tags.get(T.OPTUNA_TRIAL, -1)), tag or State.RUNNING
                     )
-                if rec.state == "running":
-                    self.finish(trial_id, {}, "interrupted")
+                if rec.state == State.RUNNING:
+                    self.finish(trial_id, {}, State.INTERRUPTED)
                 else:
-                    setup.tracker.end_run(run.info.run_id, "KILLED")
+                    setup.tracker.end_run(run.run_id, State.INTERRUPTED.status)
                 count += 1
         return count

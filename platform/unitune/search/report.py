@@ -20,12 +20,11 @@ import optuna
 import yaml
 
 from unitune import tags as T
+from unitune.choices import CONVERGENCE_KEYS
 from unitune.config import JobSpec, SearchSpaceSpec, apply_overrides
-from unitune.search.convergence import KEYS as CONVERGENCE_KEYS
-from unitune.search.record import trial_label
+from unitune.record import ENDED, Record, State, TrialRecord, best, counts, trial_epochs
 from unitune.search.trial import TrialSetup, read_curve
 from unitune.terminal import num
-from unitune.tracking import param_value
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -40,39 +39,20 @@ def pareto_front(storage, search_id: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
-    """Trials of the search (from MLflow) and the best one.
+    """Trials of the search (from MLflow, through ``unitune.record``) and the best one (the
+    one rule, ``unitune.record.best``: the trial ``unitune export`` picks and ``unitune
+    results`` lists first).
 
     Returns ``{"search_id", "parent_run_id", "metric", "mode", "trials": [...], "best": trial
-    or None, "pareto": [trial ids] or None}``; each trial is ``{"trial_id", "label", "run_id",
-    "name", "state", "status", "params", "metrics", "stopped_at_epoch", "error", "epochs_run"}``
-    (``label``: ``t03``, as the terminal and the plots name the trial).
+    or None, "pareto": [trial ids] or None, "counts": {state: n}, "trial_epochs": n}``; each
+    trial is ``{"trial_id", "label", "run_id", "name", "state", "status", "params",
+    "metrics", "score", "stopped_at_epoch", "error", "epochs_run"}`` (``label``: ``t03``, as the
+    terminal and the plots name the trial).
     """
-    tracker = setup.tracker
-    trials = []
-    for run in tracker.search_runs(setup.experiment, {T.SEARCH: setup.search_id, T.ROLE: "trial"}):
-        tags = run.data.tags
-        trials.append(
-            {
-                "trial_id": tags.get(T.TRIAL),
-                "run_id": run.info.run_id,
-                "name": run.info.run_name,
-                "label": (
-                    trial_label(int(tags[T.OPTUNA_TRIAL]))
-                    if tags.get(T.OPTUNA_TRIAL, "").isdigit()
-                    else tags.get(T.TRIAL)
-                ),
-                "state": tags.get(T.STATE),
-                "status": run.info.status,
-                "params": {k: param_value(v) for k, v in run.data.params.items()},
-                "metrics": tracker.get_metrics(run.info.run_id),
-                "stopped_at_epoch": tags.get(T.STOP_EPOCH),
-                "error": tags.get(T.ERROR),
-                "epochs_run": tags.get(T.EPOCHS_RUN),
-            }
-        )
-    sign = 1 if setup.mode == "max" else -1
-    scored = [t for t in trials if math.isfinite(t["metrics"].get("best_value", math.nan))]
-    best = max(scored, key=lambda t: sign * t["metrics"]["best_value"], default=None)
+    record = Record(setup.tracker)
+    records = record.trials(record.search_run(setup.parent_run_id), [setup.metric])
+    top = best(records, setup.metric, setup.mode)
+    trials = [_trial_dict(t, setup.metric) for t in records]
     pareto = None
     if space.objectives and storage is not None:
         pareto = [t.user_attrs.get("trial_id") for t in pareto_front(storage, setup.search_id)]
@@ -84,8 +64,27 @@ def summarize(setup: TrialSetup, space: SearchSpaceSpec, storage=None) -> dict:
         "mode": setup.mode,
         "target": setup.target,
         "trials": trials,
-        "best": best,
+        "best": trials[records.index(top)] if top is not None else None,
         "pareto": pareto,
+        "counts": {str(state): n for state, n in counts(records).items() if state in ENDED},
+        "trial_epochs": trial_epochs(records),
+    }
+
+
+def _trial_dict(t: TrialRecord, metric: str) -> dict:
+    return {
+        "score": t.values.get(metric),  # its best epoch's metric: what the best trial is chosen by
+        "trial_id": t.tags.get(T.TRIAL),
+        "run_id": t.run_id,
+        "name": t.name,
+        "label": t.label,
+        "state": t.tags.get(T.STATE),
+        "status": t.status,
+        "params": t.params,
+        "metrics": t.metrics,
+        "stopped_at_epoch": t.stopped_at_epoch,
+        "error": t.error,
+        "epochs_run": t.tags.get(T.EPOCHS_RUN),
     }
 
 
@@ -110,8 +109,8 @@ def write_artifacts(setup: TrialSetup, space: SearchSpaceSpec, job: JobSpec, sto
         if summary["best"] is not None:
             best = best_job(setup, summary["best"])
             header = (
-                f"# best trial {summary['best']['trial_id']} of search {setup.search_id} "
-                f"({setup.metric}={summary['best']['metrics'].get('best_value')})\n"
+                f"# best trial {summary['best']['label']} (run {summary['best']['run_id']}) of search "
+                f"{setup.search_id} ({setup.metric}={summary['best']['score']})\n"
                 f"# unitune train best_config.yaml\n"
             )
             (out / "best_config.yaml").write_text(
@@ -162,8 +161,8 @@ def _curves_plot(setup: TrialSetup, summary: dict, path: Path) -> None:
         if not curve:
             continue
         is_best = best is not None and t["run_id"] == best["run_id"]
-        style = "-" if t["state"] == "completed" else ":" if t["state"] == "failed" else "--"
-        state = {"stopped_by_asha": "stopped by ASHA"}.get(t["state"], t["state"])
+        style = "-" if t["state"] == State.COMPLETED else ":" if t["state"] == State.FAILED else "--"
+        state = {State.STOPPED_BY_ASHA: "stopped by ASHA"}.get(t["state"], t["state"])
         label = f"{t['label']} ({state})" + (", best" if is_best else "")
         (line,) = ax.plot(
             [r["epoch"] for r in curve],
@@ -268,22 +267,18 @@ def format_summary(result_summary: dict, tracker_uri: str, job_path: str | None)
     """The terminal summary: best trial, params, metric, convergence speed, runs, next steps."""
     s = result_summary
     trials = s["trials"]
-    counts = {
-        state: sum(t["state"] == state for t in trials)
-        for state in ("completed", "stopped_by_asha", "failed", "interrupted")
-    }
     lines = [
         f"search {s['search_id']} (experiment {s['experiment']}, parent run {s['parent_run_id']})",
-        "trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+        "trials: " + ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n),
     ]
     best = s["best"]
     if best is None:
-        lines.append(f"no trial reported {s['metric']}")
+        lines.append(f"no finished trial reported {s['metric']}")
     else:
         m = best["metrics"]
         lines += [
             f"best trial {best['label']} (run {best['run_id']}, {best['state']}): "
-            f"{s['metric']} {num(m.get('best_value'))} at epoch {num(m.get('best_epoch'))}",
+            f"{s['metric']} {num(best['score'])} at epoch {num(m.get('best_epoch'))}",
             "  params: " + ", ".join(f"{k}={num(v)}" for k, v in sorted(best["params"].items())),
             f"  convergence: epochs to target {num(s['target'])}: {num(m.get('epochs_to_target'))}, "
             f"seconds: {num(m.get('seconds_to_target'))}, epochs to 90% of best: "

@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 from unitune.errors import UserError
 from unitune.locks import file_lock
-from unitune.tracking import Tracker, sqlite_lock
+from unitune.stores import local_path, sqlite_lock, sqlite_uri
+from unitune.tracking import Tracker
 
 if TYPE_CHECKING:
     import optuna
@@ -83,12 +84,8 @@ def optuna_storage_url(tracking_uri: str) -> str:
     sqlite/file MLflow store, else in the cwd."""
     if os.environ.get(OPTUNA_STORAGE_ENV):
         return os.environ[OPTUNA_STORAGE_ENV]
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///") :]).parent / "optuna.db")
-    if parsed.scheme == "file":
-        return "sqlite:///" + str(Path(parsed.path).parent / "optuna.db")
-    return "sqlite:///" + str(Path.cwd() / "optuna.db")
+    local = local_path(tracking_uri) if urlparse(tracking_uri).scheme in ("sqlite", "file") else None
+    return sqlite_uri((local.parent if local is not None else Path.cwd()) / "optuna.db")
 
 
 def open_storage(tracker: Tracker) -> optuna.storages.RDBStorage:

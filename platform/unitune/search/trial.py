@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from unitune import tags as T
 from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
+from unitune.record import Record, Role
 from unitune.search.convergence import convergence_summary
 from unitune.tracking import Tracker, numeric
 
@@ -98,7 +99,7 @@ def read_curve(tracker: Tracker, run_id: str, keys: list[str]) -> list[dict]:
 
 
 def _is_job_error(exc: BaseException) -> bool:
-    from unitune.train.loop import NonFiniteLossError
+    from unitune.train.loop import NonFiniteLossError  # torch: in the trial process only
 
     if isinstance(exc, (UserError, NonFiniteLossError)):
         return True
@@ -117,9 +118,10 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     os.environ.update(setup.env)
     trial_id = tune.get_context().get_trial_id()
     tracker = setup.tracker
-    run_id = tracker.find_run(setup.experiment, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})
+    found = Record(tracker).run(setup.experiment, Role.TRIAL, {T.SEARCH: setup.search_id, T.TRIAL: trial_id})
+    run_id = found.run_id if found is not None else None
     curve = read_curve(tracker, run_id, [m for m, _ in setup.objectives]) if run_id else []
-    if run_id is not None and tracker.run_tags(run_id).get(T.STATE) in T.DONE_STATES:
+    if found is not None and found.state is not None and found.state.done:
         if curve:  # its record is final (closed before the driver was killed): nothing to train
             tune.report({**curve[-1], **progress(setup, curve)})
         return
@@ -142,7 +144,7 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> Non
     from ray import tune
 
     if setup.train_fn is None:
-        from unitune.train import run_training as train_fn
+        from unitune.train import run_training as train_fn  # torch: in the trial process only
     else:
         train_fn = setup.train_fn
     checkpoint = tune.get_checkpoint()
@@ -166,7 +168,7 @@ def _train_in_process(setup: TrialSetup, job: JobSpec, curve: list[dict]) -> Non
 
 
 def _train_with_torch_trainer(setup: TrialSetup, job: JobSpec, trial_id: str) -> None:
-    from unitune.train.run import build_trainer
+    from unitune.train.run import build_trainer  # torch and Ray Train: in the trial process only
 
     trainer = build_trainer(
         job,

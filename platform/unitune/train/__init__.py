@@ -16,7 +16,7 @@ __all__ = ["NonFiniteLossError", "evaluate", "gather_batch", "train_one_epoch", 
 
 def __getattr__(name: str):
     if name in _WORKER_NAMES:
-        from unitune.train import worker
+        from unitune.train import worker  # Ray Train and the data layer: on first use (PEP 562)
 
         return getattr(worker, name)
     raise AttributeError(f"module 'unitune.train' has no attribute {name!r}")

@@ -38,9 +38,10 @@ from ray.train.v2.torch.torch_trainer import TorchTrainer
 from unitune import tags as T
 from unitune import terminal, tracking
 from unitune.choices import RETRIEVAL_METRIC_KEYS
-from unitune.cluster import check_fits, init_ray, shutdown_ray
+from unitune.cluster import init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
+from unitune.preflight import check_fits
 from unitune.ranks import FILE as RANKS_FILE
 from unitune.terminal import num, text_table
 from unitune.tracking import Tracker

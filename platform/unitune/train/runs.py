@@ -20,8 +20,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from unitune.cluster import init_ray, is_remote_address, shutdown_ray
+from unitune.cluster import init_ray, shutdown_ray
 from unitune.config import JobSpec
+from unitune.stores import is_remote_address
 from unitune.tracking import Tracker
 from unitune.train.run import (
     checked_tracker,
@@ -81,7 +82,7 @@ def train_here(tracker: Tracker, job: JobSpec, *, tags: Mapping[str, str], log_m
     records a run: each epoch logged as it is reported, the model from the last checkpoint."""
     import torch
 
-    from unitune.train.worker import run_training
+    from unitune.train.worker import run_training  # Ray Train and the data layer: only to train here
 
     threads = torch.get_num_threads()  # run_training sets the job's; this process keeps its own
     with recorded_run(tracker, job, tags, None) as run_id, tempfile.TemporaryDirectory(prefix="unitune-run-") as tmp:
