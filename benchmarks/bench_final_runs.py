@@ -86,9 +86,59 @@ def logged_epochs(tracker, run_id: str) -> float:
     return sum(v for step, v in tracker.metric_history(run_id, "epoch_time_s") if step >= 1)
 
 
+class Phases:
+    """Seconds spent inside some functions (wrapped for the block), and when each ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.first_start: dict[str, float] = {}
+        self.last_end: dict[str, float] = {}
+        self._undo: list = []
+
+    def wrap(self, owner, attr: str, name: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            started = time.time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - started
+                self.first_start.setdefault(name, started)
+                self.last_end[name] = time.time()
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+        self._undo.clear()
+
+
+def logged_at(tracker, run_id: str, key: str, step: int) -> float:
+    """When (epoch seconds) the run's metric ``key`` at ``step`` was logged."""
+    return next(m.timestamp for m in tracker.client.get_metric_history(run_id, key) if m.step == step) / 1000.0
+
+
+def breakdown(tracker, run_id: str, phases: Phases, fit: str, wall: float) -> list[tuple[str, float]]:
+    """Where one run's wall time went: the phases, the fit's start (to epoch 0 logged), its
+    epochs, its end (last epoch logged to the fit's return) and the rest (MLflow)."""
+    epochs = tracker.client.get_run(run_id).data.params.get("train.epochs")
+    start = logged_at(tracker, run_id, "rsum", 0) - phases.first_start[fit]
+    end = phases.last_end[fit] - logged_at(tracker, run_id, "rsum", int(epochs))
+    rows = [(name, sec) for name, sec in phases.seconds.items() if name != fit]
+    rows += [(f"{fit}: start -> epoch 0 logged", start), ("epochs 1.. (epoch_time_s)", logged_epochs(tracker, run_id)),
+             (f"{fit}: last epoch logged -> return", end)]
+    return rows + [("rest (MLflow run, params, cleanup)", wall - sum(sec for _, sec in rows))]
+
+
 def measure(family: str, args, root: Path, rows: list) -> None:
-    from unitune import features
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
+
+    from unitune import features, pyfunc
     from unitune.tracking import Tracker
+    from unitune.train import worker
     from unitune.train.run import train
     from unitune.train.runs import train_runs
 
@@ -104,16 +154,43 @@ def measure(family: str, args, root: Path, rows: list) -> None:
     rows.append((family, "bare run_training (baseline)", 1, wall, ep, wall - ep))
     base_fixed = wall - ep
     if args.train:
+        phases = Phases()
+        phases.wrap(features, "prepare", "feature cache prepare (driver)")
+        phases.wrap(TorchTrainer, "fit", "TorchTrainer.fit")
+        phases.wrap(Tracker, "log_artifact", "log_artifact (job file, model dir)")
+        phases.wrap(pyfunc, "log", "pyfunc.log (MLflow model)")
         started = time.perf_counter()
-        result = train(jobs[0], storage_path=root / "ray", out=quiet)
+        try:
+            result = train(jobs[0], storage_path=root / "ray", out=quiet)
+        finally:
+            phases.restore()
         wall = time.perf_counter() - started
         ep = logged_epochs(tracker, result["run_id"])
         rows.append((family, "train() (unitune train)", 1, wall, ep, wall - ep))
+        print(f"{family}: where train()'s {wall:.1f} s went:")
+        for name, sec in breakdown(tracker, result["run_id"], phases, "TorchTrainer.fit", wall):
+            print(f"  {name:45s} {sec:7.2f}")
+    phases = Phases()
+    phases.wrap(worker, "run_training", "run_training")
+    phases.wrap(Tracker, "log_artifact", "log_artifact (job file, model dir)")
     started = time.perf_counter()
-    results = train_runs(jobs, tags=[{"bench": family, "seed": str(j.seed)} for j in jobs], out=quiet)
-    wall = (time.perf_counter() - started) / len(jobs)
+    try:
+        results = train_runs(jobs, tags=[{"bench": family, "seed": str(j.seed)} for j in jobs], out=quiet)
+    finally:
+        phases.restore()
+    total = time.perf_counter() - started
+    wall = total / len(jobs)
     ep = statistics.mean(logged_epochs(tracker, r["run_id"]) for r in results)
     rows.append((family, "train_runs(), per run", len(jobs), wall, ep, wall - ep))
+    n = len(jobs)
+    inside = phases.seconds["run_training"] / n
+    logged = phases.seconds["log_artifact (job file, model dir)"] / n
+    print(f"{family}: where a train_runs() run's {wall:.1f} s went (mean of {n}):")
+    for name, sec in [("run_training: epochs 1.. (epoch_time_s)", ep),
+                      ("run_training: the rest (build, epoch 0)", inside - ep),
+                      ("log_artifact (job file, model dir)", logged),
+                      ("rest (MLflow run, params)", wall - inside - logged)]:
+        print(f"  {name:45s} {sec:7.2f}")
     print(f"{family}: done (baseline fixed cost {base_fixed:.2f} s)", flush=True)
 
 

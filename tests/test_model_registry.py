@@ -125,11 +125,15 @@ def test_registered_model_embeds_and_ranks(trained, capsys):
     tracker = Tracker(STORE)
     (run,) = tracker.client.search_runs([tracker.experiment_id("demo")])
     assert run.info.status == "FINISHED"
-    # Registered as version 1, from this run; the run still has its plain `model` artifact.
+    # Registered as version 1, from this run; the run's model is its MLflow model `model`, in
+    # the run's experiment, and the weights are stored once (no second, plain copy).
     client = MlflowClient(tracking_uri=tracker.uri)
     version = client.get_model_version(NAME, "1")
     assert version.run_id == run.info.run_id
-    assert "model" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [(m.name, m.source_run_id) for m in logged] == [("model", run.info.run_id)]
+    assert len(list((directory / "mlartifacts").rglob("model.pt"))) == 1
+    assert not (directory / "mlruns").exists()
     mlflow.set_tracking_uri(tracker.uri)
     try:
         info = mlflow.models.get_model_info(f"models:/{NAME}/1")
@@ -158,7 +162,7 @@ def test_registered_model_embeds_and_ranks(trained, capsys):
     hits = float(np.mean(sim.argmax(axis=1) == np.arange(len(rows))))
     assert f"{hits:.0%} of the images rank their own caption first" in printed
 
-    # The same weights as the run's plain `model` artifact (the URI forms load one model).
+    # The same weights through the run's URI (the URI forms load one model).
     artifact_model = load_model(f"runs:/{run.info.run_id}/model", tracking_uri=tracker.uri)
     for (key, a), b in zip(torch_model.state_dict().items(), artifact_model.state_dict().values()):
         assert torch.equal(a, b), key

@@ -58,7 +58,7 @@ def test_one_run_per_job_tagged_logged_like_the_plain_loop(tmp_path):
         assert result["model_uri"] is None
         assert tracker.client.get_run(run_id).data.params["seed"] == str(job.seed)
         files = {a.path for a in tracker.client.list_artifacts(run_id)}
-        assert {"model", "demo.yaml"} <= files
+        assert {"model", "demo.yaml", "test_ranks.csv"} <= files  # the test split's per-query ranks
         assert {a.path for a in tracker.client.list_artifacts(run_id, "model")} >= {"model/model.json"}
     # No MLflow model without log_model.
     experiment = tracker.experiment_id("demo")
@@ -134,3 +134,40 @@ def test_a_signal_ends_the_run_killed(tmp_path, sig):
     assert proc.returncode == 130 and "interrupted" in rest
     (run,) = tracker_of(tmp_path).search_runs("demo", {"study": "sig"})
     assert run.info.status == "KILLED"
+
+
+def test_with_log_model_the_weights_are_stored_once_and_every_uri_loads_them(tmp_path, monkeypatch):
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from unitune.evaluate import load_for_eval
+    from unitune.models import load_model
+    from unitune.models.registry import WEIGHTS_FILE
+
+    job = tiny_job(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (result,) = train_runs([job], tags=[{"study": "m"}], log_model=True, out=lambda *a: None)
+    run_id = result["run_id"]
+    # One copy of the weights in the whole store (run artifacts and logged models), in the
+    # job's artifact location: the MLflow model belongs to the run's experiment.
+    assert len(list(tmp_path.rglob(WEIGHTS_FILE))) == 1
+    assert len(list((tmp_path / "art").rglob(WEIGHTS_FILE))) == 1
+    tracker = tracker_of(tmp_path)
+    logged = tracker.client.get_logged_model(result["model_uri"].removeprefix("models:/"))
+    assert logged.experiment_id == tracker.client.get_run(run_id).info.experiment_id
+    reference = load_model(f"runs:/{run_id}/model", tracking_uri=tracker.uri)
+    for model in (load_for_eval(job, run_id=run_id), load_model(result["model_uri"], tracking_uri=tracker.uri)):
+        for (key, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), key
+    mlflow.set_tracking_uri(tracker.uri)
+    try:
+        served = mlflow.pyfunc.load_model(result["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    emb = served.predict(pd.DataFrame({"caption": ["a red circle"]}))
+    tokens = reference.tokenize(["a red circle"])
+    with torch.no_grad():
+        ref = reference.encode_text(tokens["input_ids"], tokens["attention_mask"]).numpy()
+    np.testing.assert_allclose(emb, ref, atol=1e-5)

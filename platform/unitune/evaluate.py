@@ -57,7 +57,8 @@ def load_for_eval(job, model_path: str | None = None, run_id: str | None = None)
 
         with tempfile.TemporaryDirectory(prefix="unitune-eval-") as tmp:
             try:
-                local = tracker.client.download_artifacts(run_id, "model", tmp)
+                # The plain artifact, or the MLflow model of that name (``unitune train``).
+                local = tracker.download(f"runs:/{run_id}/model", tmp)
             except (MlflowException, OSError) as exc:
                 raise UserError(
                     f"--run {run_id}: no `model` artifact in {tracker.uri} "

@@ -19,7 +19,7 @@ ARTIFACT = "model"  # the save_model directory inside the MLflow model (the pyfu
 
 def local_model_dir(ref: str, tracking_uri: str | None = None, dst: str | None = None) -> Path:
     """The ``save_model`` directory of ``ref``: a run or model URI (``runs:/RUN_ID/model``,
-    ``runs:/RUN_ID/embedder``, ``models:/NAME/1``, ``models:/m-...``) downloaded into ``dst``
+    ``models:/NAME/1``, ``models:/m-...``) downloaded into ``dst``
     (default: a new temporary directory), or a local MLflow model directory (``MLmodel``).
 
     Raises:

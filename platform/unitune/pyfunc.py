@@ -1,7 +1,7 @@
 """The trained model as an MLflow model: a pyfunc that embeds images and captions.
 
 ``unitune train`` logs it on its run as the logged model :data:`NAME` (the run's Models
-column; ``runs:/<run_id>/embedder``) and, with ``tracking.register_as``, registers it
+column; ``runs:/<run_id>/model``) and, with ``tracking.register_as``, registers it
 (``models:/<name>/<version>``). It holds the model in ``save_model`` format under its
 artifact :data:`ARTIFACT` and applies the model's own preprocessing, so a user sends
 encoded image files and raw captions::
@@ -34,7 +34,7 @@ from mlflow.pyfunc import PythonModel
 from unitune.model_source import ARTIFACT
 from unitune.models import load_model
 
-NAME = "embedder"  # the logged model's name on its run
+NAME = "model"  # the logged model's name on its run: runs:/RUN_ID/model
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # MLflow's models-from-code file
 BATCH = 64
 

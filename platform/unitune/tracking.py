@@ -14,11 +14,13 @@ largest float, which still sorts after every finite value), so the key is also t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -295,7 +297,10 @@ class Tracker:
 
         from mlflow.models import Model
 
-        with self._as_global_store(), warnings.catch_warnings():
+        # MLflow files a logged model under the global experiment (Default, ./mlruns), not its
+        # run's, unless told: the run's experiment for the block.
+        experiment = {"MLFLOW_EXPERIMENT_ID": self.client.get_run(run_id).info.experiment_id}
+        with self._as_global_store(), _environ(experiment, drop=("MLFLOW_EXPERIMENT_NAME",)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="An input example was not provided")
             info = Model.log(
                 artifact_path=None,
@@ -415,3 +420,20 @@ def _param_str(value) -> str:
     # MLflow caps param values at 6000 characters.
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str], drop: tuple[str, ...] = ()) -> Iterator[None]:
+    """These environment variables set (and ``drop`` unset) for the block, restored after."""
+    saved = {k: os.environ.get(k) for k in (*values, *drop)}
+    os.environ.update(values)
+    for key in drop:
+        os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

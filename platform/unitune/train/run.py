@@ -342,18 +342,19 @@ def recorded_run(tracker: Tracker, job: JobSpec, tags: Mapping[str, str], cache:
 def log_outputs(
     tracker: Tracker, run_id: str, job: JobSpec, directory: Path, metrics: dict, *, log_model: bool
 ) -> str | None:
-    """Log the last checkpoint's trained model (``directory/model``) on the run: the plain
-    artifact ``model`` (``unitune eval --run``, ``load_model``), the test split's per-query
-    ranks (``test_ranks.csv``, when the run evaluated it) and, with ``log_model``, the
-    MLflow model around it (registered as ``tracking.register_as`` when set).
+    """Log the last checkpoint's trained model (``directory/model``) on the run, once: with
+    ``log_model`` as the MLflow model ``model`` around it (registered as
+    ``tracking.register_as`` when set), else as the plain artifact ``model``. Either way
+    ``runs:/RUN_ID/model`` names it (``unitune eval --run``, ``load_model``). Also the test
+    split's per-query ranks (``test_ranks.csv``, when the run evaluated it).
 
     Returns:
         The MLflow model's URI (``models:/NAME/VERSION`` when registered), else None.
     """
-    tracker.log_artifact(run_id, directory / MODEL_DIR, MODEL_DIR)
     if (directory / RANKS_FILE).is_file():  # the test split's per-query ranks (unitune.ranks)
         tracker.log_artifact(run_id, directory / RANKS_FILE)
     if not log_model:
+        tracker.log_artifact(run_id, directory / MODEL_DIR, MODEL_DIR)
         return None
     from unitune import pyfunc
 
