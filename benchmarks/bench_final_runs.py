@@ -16,6 +16,10 @@ epochs from 1, the last epoch's test evaluation included); epoch 0, the untraine
 evaluation, counts as fixed cost. Families: ``frozen`` (``search_spaces/frozen.yaml``'s
 fixed values: projections only, both towers cached) and ``shipped`` (the job's own freeze:
 the image tower's last block trains). ``--quick``: the frozen family, 1 epoch, 2 seeds.
+Where the time goes is printed per path: the functions it spends it in (wrapped for the
+call), and for ``TorchTrainer.fit`` its start (to the MLflow timestamp of epoch 0) and end
+(from the last epoch's); Ray Train's controller logs a report when it polls the workers,
+so those two are upper bounds and the ``rest`` line can come out below zero.
 The whole run is bounded (``--max-minutes``; SIGALRM). Not a test: timings depend on the
 machine, whose load is printed.
 """

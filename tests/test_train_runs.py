@@ -136,6 +136,7 @@ def test_a_signal_ends_the_run_killed(tmp_path, sig):
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow  # the default tier checks one copy through `unitune train` (tests/test_model_registry.py)
 def test_with_log_model_the_weights_are_stored_once_and_every_uri_loads_them(tmp_path, monkeypatch):
     import mlflow
     import numpy as np
