@@ -44,14 +44,15 @@ def write_job(root, **study):
 def study(tmp_path_factory):
     """A study interrupted at its third final run (Ctrl-C), then resumed.
 
-    Real searches (Ray Tune) and real final runs (``unitune.train.run.train``, Ray Train):
-    about 3.5 minutes on 2 cores, ~30 s of it per final run (Ray Train's start-up), hence
+    Real searches (Ray Tune) and real final runs (``unitune.train.runs.train_runs``), hence
     the slow tier; ``tests/test_study_flow.py`` checks the same bookkeeping in seconds."""
     import unitune.study.runner as runner
 
     root = tmp_path_factory.mktemp("study")
+    import unitune.study.finals as finals
+
     calls = {"search": [], "train": []}
-    real_search, real_train = runner.run_search, runner.train
+    real_search, real_train_runs = runner.run_search, finals.train_runs
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         job = write_job(root)
@@ -60,14 +61,17 @@ def study(tmp_path_factory):
             calls["search"].append((space.source.stem, kw.get("resume", False)))
             return real_search(job, space, **kw)
 
-        def train(job):
-            calls["train"].append(job.name)
-            if len(calls["train"]) == 3 and not calls.get("resumed"):
-                raise KeyboardInterrupt
-            return real_train(job)
+        def train_runs(jobs, *, tags, **kw):
+            results = []
+            for job, job_tags in zip(jobs, tags):
+                calls["train"].append(job.name)
+                if len(calls["train"]) == 3 and not calls.get("resumed"):
+                    raise KeyboardInterrupt
+                results += real_train_runs([job], tags=[job_tags], **kw)
+            return results
 
         mp.setattr(runner, "run_search", search)
-        mp.setattr(runner, "train", train)
+        mp.setattr(finals, "train_runs", train_runs)
         assert main(["study", job, "--quiet"]) == 130
         first = {k: list(v) for k, v in calls.items()}
         calls["resumed"] = True
@@ -131,7 +135,7 @@ def test_report_rows_artifacts_and_headline_metrics(study):
     diff = ((finals[("vlc", "0")] - finals[("uni", "0")]) + (finals[("vlc", "1")] - finals[("uni", "1")])) / 2
     assert float(rows[1]["diff_mean"]) == pytest.approx(diff)
     md = tracker.read_text(run_id, "study.md")
-    assert "| uni" in md and "| vlc" in md and "vlc \u2212 uni: " in md and "over 2 seeds" in md
+    assert "| uni" in md and "| vlc" in md and "vlc \u2212 uni: " in md and "2 paired runs" in md
     files = {f.path for f in tracker.client.list_artifacts(run_id, "plots")}
     assert files == {"plots/curves.png", "plots/test.png"}
     metrics = tracker.get_metrics(run_id)
@@ -175,6 +179,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     no_spaces = write_job(tmp_path, spaces=[])
     code, err = _error(capsys, ["study", no_spaces])
     assert code == 2 and "study.spaces" in err
+    # the sequential seeds and the per-query comparison
+    code, err = _error(capsys, ["study", write_job(tmp_path, max_seeds=1)])
+    assert code == 2 and "max_seeds" in err and len(err.splitlines()) == 1
+    code, err = _error(capsys, ["study", write_job(tmp_path, max_seeds=4), "--seeds", "5"])
+    assert code == 2 and "--seeds: 5 is above study.max_seeds (4)" in err and len(err.splitlines()) == 1
+    code, err = _error(capsys, ["study", write_job(tmp_path, metric="medr_i2t")])
+    assert code == 2 and "medr_i2t is not a mean over test queries" in err and len(err.splitlines()) == 1
+    for bad in ("search_repeats=0", "budget_minutes=0", "budget_minutes=nan"):
+        code, err = _error(capsys, ["study", write_job(tmp_path), f"study.{bad}"])
+        assert code == 2 and f"study.{bad.split('=')[0]}" in err and len(err.splitlines()) == 1, bad
 
 
 def test_job_without_test_split_is_refused(tmp_path, capsys, monkeypatch):

@@ -18,15 +18,36 @@ from test_study import write_job
 
 # test RSUM of each final run, by hand: uni 200 + 4·seed; vlc 203 + 5·seed
 TEST_RSUM = {("uni", 0): 200.0, ("uni", 1): 204.0, ("vlc", 0): 203.0, ("vlc", 1): 208.0}
+TEST_RSUM.update({("uni", 2): 208.0, ("uni", 3): 212.0, ("vlc", 2): 213.0, ("vlc", 3): 218.0})
+TEST_RSUM.update({("uni2", s): TEST_RSUM["uni", s] for s in range(4)})  # uni2: the same space as uni
 TRIAL_BEST = {"t0": 90.0, "t1": 120.0}   # t1 is each search's best trial
 # t1's lr is the uni space's upper bound (loguniform 1e-3..3e-3); vlc does not search lr
 BOUND_WARNING = ("uni: best optim.lr=0.003 lies at the high end of its range [0.001, 0.003]: "
                  "widen optim.lr's high bound")
 
 
+def ranks_for(final):
+    """Per-query test ranks (100 items, one caption each) whose RSUM is ``final``: image→text
+    20 ranked 1st, 30 3rd, 40 7th (R@1/5/10 = 20/50/90); text→image a 1st, c 7th with
+    3a + c = final − 160."""
+    a, c = divmod(int(final) - 160, 3)
+    i2t = [1] * 20 + [3] * 30 + [7] * 40 + [50] * 10
+    t2i = [1] * a + [7] * c + [50] * (100 - a - c)
+    return i2t, t2i
+
+
 def recall(final, k, direction):
-    """A final run's test R@k, distinct per k and direction."""
-    return final / 6 + k + (0.5 if direction == "t2i" else 0.0)
+    """A final run's test R@k (percent, 100 queries each way), counted from ranks_for."""
+    i2t, t2i = ranks_for(final)
+    return float(sum(r <= k for r in (i2t if direction == "i2t" else t2i)))
+
+
+def ranks_csv(final):
+    i2t, t2i = ranks_for(final)
+    rows = ["direction,query,item_id,cluster,rank"]
+    rows += [f"i2t,{q},{q},{q},{r}" for q, r in enumerate(i2t)]
+    rows += [f"t2i,{q},{q},{q},{r}" for q, r in enumerate(t2i)]
+    return "\n".join(rows) + "\n"
 
 
 class Fakes:
@@ -55,23 +76,28 @@ class Fakes:
         tracker.end_run(parent)
         return SimpleNamespace(parent_run_id=parent, search_id=search_id, interrupted=False)
 
-    def train(self, job):
-        self.trains.append(job)
-        if len(self.trains) == self.interrupt_at:
-            raise KeyboardInterrupt
-        family, seed = job.name.split("-")[1], job.seed
-        tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-        run = tracker.start_run(job.experiment, f"train-{job.name}", tags={
-            "unitune.kind": "train", "unitune.source_run": job.tracking.source_run})
-        tracker.log_params(run, {"seed": job.seed})
-        final = TEST_RSUM[(family, seed)]
-        for epoch in range(job.train.epochs + 1):
-            tracker.log_metrics(run, {"rsum": final * epoch / job.train.epochs, "train_time_s": 3.0 * epoch},
-                                step=epoch)
-        tracker.log_metrics(run, {"test_rsum": final, **{f"test_r{k}_{d}": recall(final, k, d) for k in (1, 5, 10)
-                                                        for d in ("i2t", "t2i")}}, step=job.train.epochs)
-        tracker.end_run(run)
-        return {"run_id": run}
+    def train_runs(self, jobs, *, tags, log_model=False, out=print):
+        results = []
+        for job, job_tags in zip(jobs, tags):
+            self.trains.append(job)
+            if len(self.trains) == self.interrupt_at:
+                raise KeyboardInterrupt
+            family, seed = job.name.split("-")[1], job.seed
+            tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
+            run = tracker.start_run(job.experiment, f"train-{job.name}", tags={
+                "unitune.kind": "train", "unitune.source_run": job.tracking.source_run, **job_tags})
+            tracker.log_params(run, {"seed": job.seed})
+            final = TEST_RSUM[(family, seed)]
+            for epoch in range(job.train.epochs + 1):
+                tracker.log_metrics(run, {"rsum": final * epoch / job.train.epochs, "train_time_s": 3.0 * epoch},
+                                    step=epoch)
+            tracker.log_metrics(run, {"test_rsum": final, **{f"test_r{k}_{d}": recall(final, k, d)
+                                                            for k in (1, 5, 10) for d in ("i2t", "t2i")}},
+                                step=job.train.epochs)
+            tracker.log_text(run, ranks_csv(final), "test_ranks.csv")
+            tracker.end_run(run)
+            results.append({"run_id": run})
+        return results
 
 
 @pytest.fixture
@@ -82,7 +108,7 @@ def flow(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.cluster, "init_ray", lambda address, **kw: False)
     fakes = Fakes(interrupt_at=3)
     monkeypatch.setattr(runner, "run_search", fakes.search)
-    monkeypatch.setattr(runner, "train", fakes.train)
+    monkeypatch.setattr("unitune.study.finals.train_runs", fakes.train_runs)
     job = write_job(tmp_path, final_epochs=3)
     return fakes, job, Tracker(f"sqlite:///{tmp_path}/mlruns.db")
 
@@ -124,16 +150,22 @@ def test_interrupted_study_resumes_without_rerunning_and_reports(flow, capsys):
     assert sorted(r.data.tags["unitune.family"] for r in searches) == ["uni", "vlc"]
 
     # the report, against the numbers set above: diffs 3 and 4 -> mean 3.5, std 0.7071,
-    # t(0.975, 1) = 12.7062 -> 3.5 ± 6.353
+    # t(0.975, 1) = 12.7062 -> the seed-only interval 3.5 ± 6.353
     rows = list(csv.DictReader(io.StringIO(tracker.read_text(run_id, "study.csv"))))
     assert [r["family"] for r in rows] == ["uni", "vlc"]
     assert float(rows[0]["test_mean"]) == 202.0 and float(rows[1]["test_mean"]) == 205.5
     assert float(rows[0]["search_best_val"]) == 120.0 and rows[0]["search_trial_epochs"] == "4"
     half = math.tan(0.475 * math.pi) * math.sqrt(0.5) / math.sqrt(2)
     assert float(rows[1]["diff_mean"]) == pytest.approx(3.5)
-    assert float(rows[1]["diff_ci_low"]) == pytest.approx(3.5 - half)
+    assert float(rows[1]["diff_seed_only_ci_low"]) == pytest.approx(3.5 - half)
+    # one comparison, one look (no study.max_seeds): tested at 5%, its interval at that level
+    assert float(rows[1]["diff_level"]) == pytest.approx(0.05) and rows[1]["resolved"] == "0"
+    low, high = float(rows[1]["diff_ci_low"]), float(rows[1]["diff_ci_high"])
+    assert low < 0 < high and (low + high) / 2 == pytest.approx(3.5)
     md = tracker.read_text(run_id, "study.md")
-    assert "vlc \u2212 uni: +3.5 RSUM, 95% CI \u22122.9 to +9.9 over 2 seeds: not resolved" in md
+    assert f"vlc \u2212 uni: +3.5 RSUM, CI \u2212{-low:.1f} to +{high:.1f} (95.0%, 2 paired runs): not resolved" in md
+    assert "- seeds 0\u20131: uni, vlc; then open: vlc" in md
+    assert "Scope: each family was searched once" in md
     assert "| vlc **(best)** |" in md
     assert f"\n- {BOUND_WARNING}\n" in md
     # R@1/5/10 of both directions: means over the seeds, in the table and the CSV
@@ -159,6 +191,39 @@ def test_resume_with_nothing_to_resume_is_refused(flow, capsys):
     assert len(errors) == 1 and "--resume: no interrupted study" in errors[0]
 
 
+def test_open_comparisons_get_more_seeds_and_resume_continues_at_the_round(flow, tmp_path, capsys):
+    fakes, job, tracker = flow
+    (tmp_path / "uni2.yaml").write_text((tmp_path / "uni.yaml").read_text())
+    spaces = ["--spaces", "uni.yaml,vlc.yaml,uni2.yaml", "study.max_seeds=4"]
+    fakes.interrupt_at = 8  # the second run of round 2
+    assert main(["study", job, "--quiet", *spaces]) == 130
+    names = [j.name for j in fakes.trains]
+    assert names[:6] == [f"st-{f}-seed{s}" for f in ("uni", "vlc", "uni2") for s in (0, 1)]
+    assert names[6:] == ["st-uni-seed2", "st-uni-seed3"]  # uni2 is identical to uni: no more seeds
+    fakes.interrupt_at = None
+    assert main(["study", job, "--quiet", "--resume", *spaces]) == 0
+    assert [j.name for j in fakes.trains[8:]] == ["st-uni-seed3", "st-vlc-seed2", "st-vlc-seed3"]
+    [study] = _runs(tracker, **{"unitune.role": "study"})
+    md = tracker.read_text(study.info.run_id, "study.md")
+    assert "- seeds 0\u20131: uni, vlc, uni2; then open: vlc" in md
+    assert "- seeds 2\u20133: uni, vlc; then open:" in md
+    assert "uni2 \u2212 uni: 0.0 RSUM, identical outcomes on every query of every run (2 paired runs): no difference" in md
+    rows = {r["family"]: r for r in csv.DictReader(io.StringIO(tracker.read_text(study.info.run_id, "study.csv")))}
+    assert (rows["uni"]["seeds"], rows["vlc"]["seeds"], rows["uni2"]["seeds"]) == ("4", "4", "2")
+    # the difference over the four paired seeds, by hand: 3, 4, 5, 6
+    assert float(rows["vlc"]["diff_mean"]) == pytest.approx(4.5)
+    # two comparisons, looks at 2 and 4 of 4 seeds: the last spends 1 - (2/4)^2 of alpha; Holm's
+    # first step (vlc's p is below uni2's p = 1) at alpha / 2
+    assert float(rows["vlc"]["diff_level"]) == pytest.approx(0.05 * 0.75 / 2)
+
+
+def test_the_budget_stops_adding_rounds(flow, tmp_path):
+    fakes, job, tracker = flow
+    fakes.interrupt_at = None
+    assert main(["study", job, "--quiet", "study.max_seeds=4", "study.budget_minutes=0.0001"]) == 0
+    assert [j.name for j in fakes.trains] == [f"st-{f}-seed{s}" for f in ("uni", "vlc") for s in (0, 1)]
+
+
 def hand_study(tmp_path, curves, test, target=40.0):
     """A study's plan and result built by hand: validation ``curves`` and ``test`` RSUM per
     (family, seed), for the report's functions."""
@@ -166,12 +231,14 @@ def hand_study(tmp_path, curves, test, target=40.0):
 
     names = list(dict.fromkeys(f for f, _ in curves))
     families = [SimpleNamespace(name=n, path=tmp_path / f"{n}.yaml") for n in names]
+    seeds = len(curves) // len(names)
     plan = SimpleNamespace(families=families, reference=families[0], metric="rsum", mode="max", target=target,
-                           seeds=len(curves) // len(names), final_epochs=len(next(iter(curves.values()))) - 1)
+                           seeds=seeds, final_epochs=len(next(iter(curves.values()))) - 1, rounds=(seeds,),
+                           max_seeds=seeds, search_repeats=1)
     finals = [FinalRun(f, s, f"run-{f}{s}", {"test_rsum": test[f, s]},
                        [{"epoch": e, "rsum": v, "train_time_s": float(e)} for e, v in enumerate(curve)])
               for (f, s), curve in curves.items()]
-    searches = {f.name: SearchOutcome(f.name, f"s-{f.name}", "p", "t1", "r", 1.0, {}, 4, 1.0) for f in families}
+    searches = {f.name: [SearchOutcome(f.name, f"s-{f.name}", "p", "t1", "r", 1.0, {}, 4, 1.0)] for f in families}
     return plan, StudyResult("st-study-1", "run", searches, finals, 1.0)
 
 
@@ -188,9 +255,12 @@ def test_a_target_half_the_seeds_never_reached_reads_never(tmp_path):
     assert (rows[0]["reached"], rows[0]["epochs_to_target"]) == (1, 3)   # not (2 + 3) / 2 = 2.5
     assert (rows[1]["reached"], rows[1]["epochs_to_target"]) == (2, 2)
     md = report.markdown(plan, result, rows)
-    table = {line.split(" | ")[0].strip("| *(best)"): line.split(" | ") for line in md.splitlines()
+    head = next(line.split(" | ") for line in md.splitlines() if line.startswith("| family |"))  # the main table
+    at = head.index("reached target")
+    main_table = md.split("| family |", 1)[1].split("\n\n")[0].splitlines()
+    table = {line.split(" | ")[0].strip("| *(best)"): line.split(" | ") for line in main_table
              if line.startswith(("| uni", "| vlc"))}
-    assert table["uni"][7:9] == ["1/2", "never"] and table["vlc"][7:9] == ["2/2", "2"]
+    assert table["uni"][at:at + 2] == ["1/2", "never"] and table["vlc"][at:at + 2] == ["2/2", "2"]
 
 
 def test_plots_show_mean_band_target_and_the_best_family(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ image→text query and its captions' text→image queries are resampled together
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,13 @@ class QueryRanks:
             ValueError: naming the file, for another header, a row out of order or a rank < 1.
         """
         with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+            return cls.parse(f.read(), str(path))
+
+    @classmethod
+    def parse(cls, text: str, source: str = "ranks table") -> QueryRanks:
+        """The table of :meth:`read_csv` from its text (``source`` names it in errors)."""
+        path = source
+        rows = list(csv.reader(io.StringIO(text)))
         if not rows or tuple(rows[0]) != HEADER:
             raise ValueError(f"{path}: not a per-query ranks table (header {','.join(HEADER)})")
         i2t = [r for r in rows[1:] if r[0] == "i2t"]

@@ -39,6 +39,7 @@ FEATURE_CACHE_DIR = "unitune.feature_cache_dir"
 KIND = "unitune.kind"  # "train": a `unitune train` run
 SOURCE_RUN = "unitune.source_run"  # the trial run a trained job was exported from
 SEED = "unitune.seed"
+SEARCH_REPEAT = "unitune.search_repeat"  # a study's search (and its final runs) of sampler seed space.seed + r
 PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's (or search's) parent run
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own: which UI view an experiment opens on
 INF_PREFIX = "unitune.inf."  # unitune.inf.<metric> = +inf|-inf (see unitune.tracking)

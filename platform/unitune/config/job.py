@@ -335,13 +335,25 @@ class SearchRef(Spec):
 
 class StudySpec(Spec):
     """``unitune study``: the search-space files of the families compared (relative to the job
-    file), final runs per family (seeds 0..seeds-1), the metric that decides (None: the
-    spaces' own, which must agree) and the final runs' epochs (None: ``train.final_epochs``)."""
+    file), the first round of final runs per family (seeds 0..seeds-1), the most seeds a
+    comparison still open may get (rounds of ``seeds`` more; None: one round), a wall-time
+    budget for adding rounds, searches per family (sampler seeds ``seed``..``seed + R - 1``
+    of each space), the metric that decides (None: the spaces' own, which must agree) and
+    the final runs' epochs (None: ``train.final_epochs``). docs/study.md."""
 
     spaces: list[Path] = []
     seeds: PositiveInt = 3
+    max_seeds: PositiveInt | None = None
+    budget_minutes: PositiveFloat | None = None
+    search_repeats: PositiveInt = 1
     metric: str | None = None
     final_epochs: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _max_seeds_not_below_seeds(self) -> StudySpec:
+        if self.max_seeds is not None and self.max_seeds < self.seeds:
+            raise ValueError(f"max_seeds ({self.max_seeds}) is below seeds ({self.seeds}), the first round")
+        return self
 
 
 class JobSpec(Spec):

@@ -5,8 +5,9 @@
 A family is one search-space file; its name is the file's stem (``unified``, ``vlc``...).
 The first family is the reference the others are compared with. Every mistake findable
 here is a ``UserError`` naming the file and key: no space file, an unknown or duplicated
-one, ``--seeds`` below 1, spaces that disagree on the metric or the budget, a job whose
-test split is missing or empty.
+one, ``--seeds`` below 1 or above ``study.max_seeds``, spaces that disagree on the metric
+or the budget, a metric that is not a mean over test queries (the comparison is paired
+query by query), a job whose test split is missing or empty.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pathlib import Path
 
 from unitune.config import METRICS, JobSpec, SearchSpaceSpec, load_space
 from unitune.errors import UserError
+from unitune.study.sequential import sizes
+from unitune.study.stats import per_query
 
 # The budget every family's search must share (keys of the space file, after the job's
 # search: values replaced them).
-BUDGET_KEYS = ("num_trials", "max_concurrent", "seed", "target", "asha")
+BUDGET_KEYS = ("num_trials", "max_concurrent", "seed", "target", "asha", "sampler", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,9 @@ class Family:
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """``study_key``: 8 hex digits of everything that changes the study's numbers."""
+    """``study_key``: 8 hex digits of everything that changes the study's numbers.
+    ``rounds``: the seeds after each round (``[seeds]`` without ``study.max_seeds``);
+    ``seeds``: the first round's."""
 
     job: JobSpec
     families: list[Family]
@@ -43,6 +48,13 @@ class StudyPlan:
     target: float | None
     final_epochs: int
     study_key: str
+    rounds: tuple[int, ...] = ()
+    search_repeats: int = 1
+    budget_minutes: float | None = None
+
+    @property
+    def max_seeds(self) -> int:
+        return self.rounds[-1] if self.rounds else self.seeds
 
     @property
     def reference(self) -> Family:
@@ -82,6 +94,8 @@ def plan_study(job: JobSpec, spaces: list[str] | None = None, seeds: int | None 
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds: must be at least 1 (got {seeds})")
     seeds = seeds if seeds is not None else job.study.seeds
+    if job.study.max_seeds is not None and seeds > job.study.max_seeds:
+        raise UserError(f"{_where(job)}--seeds: {seeds} is above study.max_seeds ({job.study.max_seeds})")
     families: list[Family] = []
     for path in space_paths(job, spaces):
         if not path.is_file():
@@ -93,6 +107,11 @@ def plan_study(job: JobSpec, spaces: list[str] | None = None, seeds: int | None 
     metric = job.study.metric or first.space.metric
     if metric not in METRICS:
         raise UserError(f"{_where(job)}study.metric: unknown metric {metric!r}; one of {', '.join(METRICS)}")
+    if not per_query(metric):
+        raise UserError(
+            f"{_where(job)}study.metric: {metric} is not a mean over test queries; a study compares "
+            "families query by query (rsum, r1_i2t ... r10_t2i, meanr_i2t, meanr_t2i)"
+        )
     for family in families:
         space = family.space
         if space.metric != metric:
@@ -114,6 +133,8 @@ def plan_study(job: JobSpec, spaces: list[str] | None = None, seeds: int | None 
         [
             job.model_dump(mode="json", exclude={"study"}),
             seeds,
+            job.study.max_seeds,
+            job.study.search_repeats,
             metric,
             final_epochs,
             [[f.name, f.space.model_dump(mode="json")] for f in families],
@@ -121,7 +142,19 @@ def plan_study(job: JobSpec, spaces: list[str] | None = None, seeds: int | None 
         sort_keys=True,
     )
     key = hashlib.sha1(payload.encode()).hexdigest()[:8]
-    return StudyPlan(job, families, seeds, metric, METRICS[metric], first.space.target, final_epochs, key)
+    return StudyPlan(
+        job,
+        families,
+        seeds,
+        metric,
+        METRICS[metric],
+        first.space.target,
+        final_epochs,
+        key,
+        rounds=tuple(sizes(seeds, job.study.max_seeds)),
+        search_repeats=job.study.search_repeats,
+        budget_minutes=job.study.budget_minutes,
+    )
 
 
 def _show(value) -> str:

@@ -1,6 +1,7 @@
-"""The study's report from its runs: a table per family, verdicts, CSVs and two plots,
-logged as the study run's artifacts (study.md, study.csv, runs.csv, plots/*.png) with the
-headline numbers as its metrics."""
+"""The study's report from its runs: a table per family, the verdicts of the last look, the
+rounds of seeds, all pairs, where the variance is, CSVs and two plots, logged as the study
+run's artifacts (study.md, study.csv, runs.csv, plots/*.png) with the headline numbers as
+its metrics."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from unitune import tags as T
 from unitune.search.convergence import convergence_summary
-from unitune.study.stats import Interval, interval, paired_difference, verdict
+from unitune.study.sequential import study_weights
+from unitune.study.stats import ALPHA, RESAMPLES, Decision, Interval, compare, holm, interval, spending, verdict
 
 RECALLS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i")
 LABELS = {
@@ -46,31 +50,34 @@ def _epochs(value: float, budget: int) -> str:
     return "never" if math.isfinite(value) and value > budget else _num(value, 0)
 
 
+def _last_decisions(result) -> dict[str, Decision]:
+    return {d.comparison.name: d for d in result.looks[-1].decisions} if result.looks else {}
+
+
 def family_rows(plan, result) -> list[dict]:
-    """One dict per family (the reference first): search, test statistics, convergence."""
+    """One dict per family (the reference first): searches, test statistics, the comparison
+    with the reference at the last look, convergence, variance components."""
     metric, test_key = plan.metric, f"test_{plan.metric}"
     by_family = {f.name: [r for r in result.finals if r.family == f.name] for f in plan.families}
-    ref_values = {r.seed: r.metrics[test_key] for r in by_family[plan.reference.name] if test_key in r.metrics}
+    decisions = _last_decisions(result)
     rows = []
     for family in plan.families:
         runs = by_family[family.name]
-        values = {r.seed: r.metrics[test_key] for r in runs if test_key in r.metrics}
+        values = [r.metrics[test_key] for r in runs if test_key in r.metrics]
         conv = [convergence_summary(r.curve, metric, plan.mode, plan.target, budget=plan.final_epochs) for r in runs]
-        search = result.searches[family.name]
+        searches = result.searches[family.name]
         row = {
             "family": family.name,
             "space": str(family.path),
-            "seeds": len(values),
-            "search_id": search.search_id,
-            "search_best_val": search.best_value,
-            "search_trial_epochs": search.trial_epochs,
-            "search_wall_s": search.wall_s,
-            "test": interval(list(values.values())) if values else None,
-            "diff": (
-                paired_difference(values, ref_values)
-                if family is not plan.reference and values and ref_values
-                else None
-            ),
+            "seeds": len({r.seed for r in runs}),
+            "runs": len(values),
+            "repeats": len(searches),
+            "search_id": ",".join(s.search_id for s in searches),
+            "search_best_val": statistics.fmean(s.best_value for s in searches),
+            "search_trial_epochs": sum(s.trial_epochs for s in searches),
+            "search_wall_s": sum(s.wall_s for s in searches),
+            "test": interval(values) if values else None,
+            "decision": decisions.get(family.name),
             "recalls": {
                 k: statistics.fmean(r.metrics[f"test_{k}"] for r in runs)
                 if runs and all(f"test_{k}" in r.metrics for r in runs)
@@ -83,9 +90,53 @@ def family_rows(plan, result) -> list[dict]:
             "epochs_to_target": _median([c["epochs_to_target"] for c in conv], statistics.median_high),
             "seconds_to_target": _median([c["seconds_to_target"] for c in conv]),
             "auc": _median([c["normalized_auc"] for c in conv]),
+            "components": components(result.outcomes.get(family.name, {})),
         }
         rows.append(row)
     return rows
+
+
+def components(runs: dict) -> dict[str, float]:
+    """Standard deviations of one run's test metric by level: ``search`` (between the
+    searches' configurations, beyond what their seeds explain; NaN with one search),
+    ``seed`` (between training seeds of one configuration, on this test set) and
+    ``queries`` (the test set's sampling error of one run: the bootstrap over its clusters)."""
+    if not runs:
+        return {"search": math.nan, "seed": math.nan, "queries": math.nan}
+    value = {u: float(o.value()[0]) for u, o in runs.items()}
+    weights = study_weights({"x": runs})
+    queries = math.sqrt(statistics.fmean(float(np.var(o.value(weights), ddof=1)) for o in runs.values()))
+    repeats = sorted({r for r, _ in runs})
+    within = [[value[u] for u in runs if u[0] == r] for r in repeats]
+    spreads = [statistics.variance(v) for v in within if len(v) >= 2]
+    seed_var = statistics.fmean(spreads) if spreads else math.nan
+    search = math.nan
+    if len(repeats) >= 2 and math.isfinite(seed_var):
+        means = [statistics.fmean(v) for v in within]
+        per_repeat = statistics.fmean(len(v) for v in within)
+        search = math.sqrt(max(0.0, statistics.variance(means) - seed_var / per_repeat))
+    return {"search": search, "seed": math.sqrt(seed_var) if math.isfinite(seed_var) else math.nan, "queries": queries}
+
+
+def pairs(plan, result) -> list[list[Decision | None]]:
+    """All pairs (row family − column family) on their shared runs, Holm over all of them at
+    the last look's share of alpha; the diagonal None."""
+    names = [f.name for f in plan.families]
+    if not result.outcomes or not result.looks or len(names) < 2:
+        return []
+    weights = study_weights(result.outcomes)
+    found = []
+    for i, a in enumerate(names):
+        for b in names[:i]:
+            runs_a, runs_b = result.outcomes[a], result.outcomes[b]
+            if set(runs_a) & set(runs_b):
+                found.append(((i, names.index(b)), compare(a, b, runs_a, runs_b, weights)))
+    share = spending([size / plan.max_seeds for size in plan.rounds])[len(result.looks) - 1]
+    decided = holm([c for _, c in found], share)
+    matrix: list[list[Decision | None]] = [[None] * len(names) for _ in names]
+    for ((i, j), _), decision in zip(found, decided):
+        matrix[i][j] = decision
+    return matrix
 
 
 def best_family(plan, rows: list[dict]) -> str | None:
@@ -98,11 +149,7 @@ def best_family(plan, rows: list[dict]) -> str | None:
 
 
 def verdicts(plan, rows: list[dict]) -> list[str]:
-    return [
-        verdict(r["family"], plan.reference.name, r["diff"], label(plan.metric), plan.mode)
-        for r in rows
-        if r["diff"] is not None
-    ]
+    return [verdict(r["decision"], label(plan.metric), plan.mode) for r in rows if r["decision"] is not None]
 
 
 def _ci(iv: Interval | None) -> str:
@@ -111,38 +158,132 @@ def _ci(iv: Interval | None) -> str:
     return f"{iv.low:.1f} to {iv.high:.1f}"
 
 
+def _adjusted(d: Decision | None) -> str:
+    """``+3.1 (−0.4 to +6.6, 98.8%)`` at the level the verdict used."""
+    if d is None:
+        return "reference"
+    c = d.comparison
+    if c.identical:
+        return f"{c.mean:+.1f} (identical)"
+    if not math.isfinite(c.se) or c.se == 0.0:
+        return f"{c.mean:+.1f} (–)"
+    return f"{c.mean:+.1f} ({c.mean - d.detectable:+.1f} to {c.mean + d.detectable:+.1f}, {100 * (1 - d.level):.1f}%)"
+
+
+def _rounds(plan, result) -> list[str]:
+    """One line per round: the seeds it trained, for which families, what stayed open."""
+    lines, start, families = [], 0, [f.name for f in plan.families]
+    for look in result.looks:
+        seeds = f"seed {start}" if look.seeds - start == 1 else f"seeds {start}–{look.seeds - 1}"
+        still = look.open()
+        lines.append(f"- {seeds}: {', '.join(families)}; then open: {', '.join(still) if still else 'none'}")
+        families, start = [plan.reference.name, *still], look.seeds
+    return lines
+
+
+def _matrix(plan, result) -> list[str]:
+    matrix = pairs(plan, result)
+    if not matrix:
+        return []
+    names = [f.name for f in plan.families]
+    lines = [
+        f"All pairs (row − column, {label(plan.metric)}; Holm over the {len(names) * (len(names) - 1) // 2} pairs "
+        "at the last look's level; ✓ resolved):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|" + "---|" * (len(names) + 1),
+    ]
+    for i, name in enumerate(names):
+        cells = []
+        for j in range(len(names)):
+            d = matrix[i][j]
+            cells.append("" if d is None else _adjusted(d) + (" ✓" if d.resolved else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scope(plan) -> str:
+    if plan.search_repeats == 1:
+        return (
+            "Scope: each family was searched once, so the verdicts compare the configurations these "
+            "searches found, not the families: a search with another sampler seed may find another best "
+            "(`study.search_repeats: 2` or more makes the searches a level of the intervals)."
+        )
+    return (
+        f"Scope: each family was searched {plan.search_repeats} times (sampler seeds space seed + 0.."
+        f"{plan.search_repeats - 1}) and every search's best trained with the seeds, so the intervals include "
+        "the spread between searches: the verdicts are about the families on this budget."
+    )
+
+
 def markdown(plan, result, rows: list[dict], command: str | None = None) -> str:
-    """study.md: what was run, the table, the verdicts, the method and where the runs are."""
+    """study.md: what was run, the table, the verdicts, the rounds, all pairs, where the
+    variance is, the method and where the runs are."""
     name = label(plan.metric)
     best = best_family(plan, rows)
     ref = plan.reference.name
+    m = len(plan.families) - 1
+    looks = ", ".join(str(size) for size in plan.rounds)
     lines = [f"# Study {result.study_id}", ""]
     if command:
         lines += [f"`{command}` — wall time {result.wall_s / 60:.1f} min", ""]
     lines += [
         f"Families: {', '.join(f.name for f in plan.families)} (reference: {ref}); each searched on the "
-        f"same budget, its best trial trained with seeds 0..{plan.seeds - 1} for {plan.final_epochs} "
-        f"epochs and measured on the test split. Metric: {name} ({plan.mode}); target {plan.target}.",
+        f"same budget, its best trial trained with seeds in rounds (at most {plan.max_seeds}: looks after "
+        f"{looks} seeds) for {plan.final_epochs} epochs and measured on the test split. "
+        f"Metric: {name} ({plan.mode}); target {plan.target}.",
         "",
-        f"| family | search best val {name} | test {name} mean ± std | 95% CI | {name} − {ref} (paired 95% CI) "
+        _scope(plan),
+        "",
+        f"| family | search best val {name} | seeds | test {name} mean ± std | 95% CI | {name} − {ref} "
+        f"(CI at the verdict's level) | seed-only 95% CI | p | resolvable beyond "
         f"| R@1/5/10 i→t | R@1/5/10 t→i | reached target | epochs to target | s to target | AUC "
         f"| search trial-epochs | search wall s |",
-        "|" + "---|" * 13,
+        "|" + "---|" * 17,
     ]
     for r in rows:
-        test, diff, rc = r["test"], r["diff"], r["recalls"]
+        test, d, rc = r["test"], r["decision"], r["recalls"]
         mark = " **(best)**" if r["family"] == best else ""
         mean = f"{test.mean:.1f} ± {_num(test.std)}" if test else "–"
-        paired = f"{diff.mean:+.1f} ({_ci(diff)})" if diff else "reference"
+        c = d.comparison if d is not None else None
+        seeds = str(r["seeds"]) + (f" × {r['repeats']} searches" if r["repeats"] > 1 else "")
         lines.append(
-            f"| {r['family']}{mark} | {_num(r['search_best_val'])} | {mean} | {_ci(test)} | {paired} "
+            f"| {r['family']}{mark} | {_num(r['search_best_val'])} | {seeds} | {mean} | {_ci(test)} "
+            f"| {_adjusted(d)} | {_ci(c.seed_only) if c else '–'} | {_p(c.p) if c else '–'} "
+            f"| {_pm(d.detectable) if d else '–'} "
             f"| {'/'.join(_num(rc[k]) for k in RECALLS[:3])} | {'/'.join(_num(rc[k]) for k in RECALLS[3:])} "
-            f"| {r['reached']}/{r['seeds']} | {_epochs(r['epochs_to_target'], plan.final_epochs)} "
+            f"| {r['reached']}/{r['runs']} | {_epochs(r['epochs_to_target'], plan.final_epochs)} "
             f"| {_num(r['seconds_to_target'], 0)} "
             f"| {_num(r['auc'], 3)} | {r['search_trial_epochs']} | {_num(r['search_wall_s'], 0)} |"
         )
-    lines += ["", "Verdicts:", ""] + [f"- {v}" for v in verdicts(plan, rows)]
-    bounds = [f"- {name}: {w}" for name, search in result.searches.items() for w in search.at_bounds]
+    lines += [
+        "",
+        f"Verdicts ({m} comparison{'s' if m != 1 else ''} with {ref}, Holm-corrected; a false claim "
+        f"anywhere in the study at most {ALPHA:.0%}, the repeated looks included):",
+        "",
+        *[f"- {v}" for v in verdicts(plan, rows)],
+        "",
+        "Rounds of seeds (the same seeds for every family trained in a round, so runs stay paired):",
+        "",
+        *_rounds(plan, result),
+    ]
+    matrix = _matrix(plan, result)
+    if matrix:
+        lines += ["", *matrix]
+    lines += [
+        "",
+        f"Where the variance is (standard deviation of one run's test {name}, by level; a difference of two "
+        "families averages it over runs and queries):",
+        "",
+        "| family | between searches | between training seeds | test queries (bootstrap) |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['family']} | {_num(r['components']['search'])} | {_num(r['components']['seed'])} "
+            f"| {_num(r['components']['queries'])} |"
+            for r in rows
+        ],
+    ]
+    bounds = [f"- {name}: {w}" for name, found in result.searches.items() for s in found for w in s.at_bounds]
     if bounds:
         lines += [
             "",
@@ -152,26 +293,64 @@ def markdown(plan, result, rows: list[dict], command: str | None = None) -> str:
         ]
     lines += [
         "",
-        "Method: mean ± sample standard deviation over seeds; 95% CI = Student t interval of the "
-        "mean; paired difference = t interval over the seed-paired differences (same seed, same "
-        "initial weights and data order); a comparison is resolved only when that interval excludes 0 "
-        "(each read on its own, no multiple-comparison correction). Convergence columns are medians "
-        f"over the final runs: epochs to the target (never reached = {plan.final_epochs + 1}, i.e. "
-        'budget + 1, in study.csv; "never" here; the higher middle value for an even count), '
-        "seconds to it among the runs that reached it, and the validation AUC over the "
-        "full final budget normalised by the metric's maximum (600 for RSUM).",
+        f"Method: a family's difference from {ref} is the mean of its paired per-run differences (same "
+        "search repeat and seed: same initial weights and data order; same test queries and gallery). Its "
+        "standard error has two levels: the spread of those differences over the runs (over the searches' "
+        f"means with several searches) and a paired bootstrap of the test set ({RESAMPLES} resamples of its "
+        "items with their captions, one resample for every run of both families), less the run × query "
+        "noise counted in both; the interval is Student's t with Welch–Satterthwaite degrees of freedom "
+        "(the runs' part at its upper 90% bound). Holm's step-down over the comparisons; each look after a "
+        "round of seeds spends a share of alpha (f² − f_prev², f = seeds / max seeds), so the chance of "
+        f"any false claim stays at most {ALPHA:.0%}; a round more is trained only for open comparisons. "
+        "'Resolvable beyond' is the interval's half-width: the smallest difference this study could have "
+        "resolved. The seed-only column is the plain t interval of the per-run differences (95%, no "
+        "correction). The false-alarm rate is measured by simulation (tests/test_study_simulation.py). "
+        "Convergence columns are medians over the final runs: epochs to the target (never reached = "
+        f'{plan.final_epochs + 1}, i.e. budget + 1, in study.csv; "never" here; the higher middle value '
+        "for an even count), seconds to it among the runs that reached it, and the validation AUC over "
+        "the full final budget normalised by the metric's maximum (600 for RSUM).",
         "",
         f"MLflow: the study run `{result.run_id}`; its searches and final runs carry the tag "
-        f"`unitune.study_id = {result.study_id}` (filter: tags.`unitune.study_id` = '{result.study_id}').",
+        f"`unitune.study_id = {result.study_id}` (filter: tags.`unitune.study_id` = '{result.study_id}'); "
+        "each final run's per-query ranks are its artifact test_ranks.csv.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    return "–" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+
+
+def _pm(value: float) -> str:
+    return "–" if not math.isfinite(value) else f"±{value:.1f}"
+
+
+def _decision_cells(d: Decision | None) -> list:
+    if d is None:
+        return [""] * 11
+    c = d.comparison
+    return [
+        c.mean,
+        c.mean - d.detectable,
+        c.mean + d.detectable,
+        d.level,
+        c.p,
+        c.df,
+        c.se_runs,
+        c.se_queries,
+        c.seed_only.low,
+        c.seed_only.high,
+        int(d.resolved),
+    ]
 
 
 def write_csvs(plan, result, rows: list[dict], out: Path) -> None:
     heads = [
         "family",
         "seeds",
+        "runs",
+        "search_repeats",
         "search_id",
         "search_best_val",
         "test_mean",
@@ -181,11 +360,22 @@ def write_csvs(plan, result, rows: list[dict], out: Path) -> None:
         "diff_mean",
         "diff_ci_low",
         "diff_ci_high",
+        "diff_level",
+        "diff_p",
+        "diff_df",
+        "diff_se_runs",
+        "diff_se_queries",
+        "diff_seed_only_ci_low",
+        "diff_seed_only_ci_high",
+        "resolved",
         *(f"test_{k}" for k in RECALLS),
         "reached_target",
         "epochs_to_target",
         "seconds_to_target",
         "normalized_auc",
+        "sd_between_searches",
+        "sd_between_seeds",
+        "sd_test_queries",
         "search_trial_epochs",
         "search_wall_s",
     ]
@@ -193,20 +383,25 @@ def write_csvs(plan, result, rows: list[dict], out: Path) -> None:
         w = csv.writer(f)
         w.writerow(heads)
         for r in rows:
-            t, d = r["test"], r["diff"]
+            t = r["test"]
             w.writerow(
                 [
                     r["family"],
                     r["seeds"],
+                    r["runs"],
+                    r["repeats"],
                     r["search_id"],
                     r["search_best_val"],
                     *((t.mean, t.std, t.low, t.high) if t else ("",) * 4),
-                    *((d.mean, d.low, d.high) if d else ("",) * 3),
+                    *_decision_cells(r["decision"]),
                     *(r["recalls"][k] for k in RECALLS),
                     r["reached"],
                     r["epochs_to_target"],
                     r["seconds_to_target"],
                     r["auc"],
+                    r["components"]["search"],
+                    r["components"]["seed"],
+                    r["components"]["queries"],
                     r["search_trial_epochs"],
                     r["search_wall_s"],
                 ]
@@ -214,11 +409,11 @@ def write_csvs(plan, result, rows: list[dict], out: Path) -> None:
     keys = [f"test_{plan.metric}", *(f"test_{k}" for k in RECALLS if k != plan.metric)]
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["family", "seed", "run_id", *keys, f"best_val_{plan.metric}"])
+        w.writerow(["family", "search_repeat", "seed", "run_id", *keys, f"best_val_{plan.metric}"])
         for r in result.finals:
             vals = [p[plan.metric] for p in r.curve]
             best = (max(vals) if plan.mode == "max" else min(vals)) if vals else ""
-            w.writerow([r.family, r.seed, r.run_id, *(r.metrics.get(k, "") for k in keys), best])
+            w.writerow([r.family, r.repeat, r.seed, r.run_id, *(r.metrics.get(k, "") for k in keys), best])
 
 
 def plots(plan, result, rows: list[dict], out: Path) -> None:
@@ -290,7 +485,8 @@ def plots(plan, result, rows: list[dict], out: Path) -> None:
 
 
 def headline_metrics(plan, rows: list[dict]) -> dict[str, float]:
-    """The study run's metrics: per family the test mean, CI and paired difference."""
+    """The study run's metrics: per family the test mean and CI, the difference from the
+    reference with its interval at the verdict's level, its p-value and whether resolved."""
     metrics: dict[str, float] = {}
     for r in rows:
         key = f"{r['family']}.test_{plan.metric}"
@@ -299,13 +495,16 @@ def headline_metrics(plan, rows: list[dict]) -> dict[str, float]:
             metrics.update(
                 {f"{key}_mean": t.mean, f"{key}_std": t.std, f"{key}_ci_low": t.low, f"{key}_ci_high": t.high}
             )
-        if r["diff"] is not None:
-            d = r["diff"]
+        d = r["decision"]
+        if d is not None:
+            c, diff = d.comparison, f"{key}_minus_{plan.reference.name}"
             metrics.update(
                 {
-                    f"{key}_minus_{plan.reference.name}": d.mean,
-                    f"{key}_minus_{plan.reference.name}_ci_low": d.low,
-                    f"{key}_minus_{plan.reference.name}_ci_high": d.high,
+                    diff: c.mean,
+                    f"{diff}_ci_low": c.mean - d.detectable,
+                    f"{diff}_ci_high": c.mean + d.detectable,
+                    f"{diff}_p": c.p,
+                    f"{diff}_resolved": float(d.resolved),
                 }
             )
         metrics[f"{r['family']}.search_best_val_{plan.metric}"] = r["search_best_val"]

@@ -1,21 +1,25 @@
-"""Run a study: one search per family, the best trial of each trained with seeds 0..N-1,
-each final run measured on the test split; all of it found again by tags on resume.
+"""Run a study: R searches per family (sampler seeds space.seed .. + R - 1), the best trial
+of each trained with seeds in rounds (``unitune.study.sequential``: a round more only for the
+families whose comparison with the reference is open), each final run measured on the test
+split with its per-query ranks; all of it found again by tags on resume.
 
 MLflow layout (all in the job's experiment; MLflow nests one level, and searches already
 use it for their trials, so a study links by tags instead):
 
 - the study run: ``unitune.role=study``, ``unitune.study_id=<id>``; its artifacts are the
   report (study.md, study.csv, runs.csv, plots/), its metrics the headline numbers;
-- each family's search parent: ``unitune.study_id``, ``unitune.family``;
+- each family's search parent: ``unitune.study_id``, ``unitune.family``, ``unitune.search_repeat``;
 - each final run: ``unitune.role=final``, ``unitune.study_id``, ``unitune.family``,
-  ``unitune.seed``, and (from ``unitune train``) ``unitune.source_run`` = the best trial.
+  ``unitune.search_repeat``, ``unitune.seed``, ``unitune.source_run`` = the best trial, and
+  the artifact ``test_ranks.csv``.
 
 In the UI: filter the runs table with ``tags.`unitune.study_id` = '<id>'``.
 
-Resume: a family's search counts as done when its parent is tagged with the study and
-``unitune.state=completed``; a final run when it is FINISHED with the study, family and
-seed tags. Anything else is run again (an interrupted search continues from its Ray Tune
-state through ``run_search(resume=True)``).
+Resume: a family's search counts as done when its parent is tagged with the study, family,
+repeat and ``unitune.state=completed``; a final run when it is FINISHED with the study,
+family, repeat and seed tags. Anything else is run again (an interrupted search continues
+from its Ray Tune state through ``run_search(resume=True)``); the rounds are decided again
+from the same runs, so the study continues at its round.
 """
 
 from __future__ import annotations
@@ -24,52 +28,28 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import yaml
-
 from unitune import cluster, export
 from unitune import tags as T
-from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.search.driver import run_search
 from unitune.search.report import bound_warnings
+from unitune.study.finals import FinalRun, Finals, SearchOutcome, final_job, read_curve
 from unitune.study.plan import Family, StudyPlan
+from unitune.study.sequential import Look, run_looks
 from unitune.tracking import Tracker
-from unitune.train.run import train
 
-TIME_KEY = "train_time_s"
-
-
-@dataclass
-class SearchOutcome:
-    family: str
-    search_id: str
-    parent_run_id: str
-    best_trial: str
-    best_run_id: str
-    best_value: float
-    params: dict
-    trial_epochs: int
-    wall_s: float
-    at_bounds: list[str] = field(default_factory=list)  # best values at the edge of their range
-    best_label: str = ""  # the best trial's name in the search's table (t03)
-
-
-@dataclass
-class FinalRun:
-    family: str
-    seed: int
-    run_id: str
-    metrics: dict  # the run's last value of every metric (test_* included)
-    curve: list[dict] = field(default_factory=list)  # [{"epoch", metric, "train_time_s"}], epoch 0 first
+__all__ = ["FinalRun", "SearchOutcome", "StudyResult", "final_job", "read_curve", "run_study"]
 
 
 @dataclass
 class StudyResult:
     study_id: str
     run_id: str
-    searches: dict[str, SearchOutcome]
+    searches: dict[str, list[SearchOutcome]]  # per family, one per search repeat
     finals: list[FinalRun]
     wall_s: float
+    looks: list[Look] = field(default_factory=list)  # the comparisons after each round of seeds
+    outcomes: dict = field(default_factory=dict)  # family -> (repeat, seed) -> stats.Outcomes
 
 
 def _find_study(tracker: Tracker, experiment: str, base_id: str, resume: bool) -> tuple[str, str | None]:
@@ -151,6 +131,9 @@ def run_study(
             {
                 "families": ",".join(f.name for f in plan.families),
                 "seeds": plan.seeds,
+                "max_seeds": plan.max_seeds,
+                "search_repeats": plan.search_repeats,
+                "budget_minutes": plan.budget_minutes,
                 "metric": plan.metric,
                 "mode": plan.mode,
                 "target": plan.target,
@@ -164,14 +147,27 @@ def run_study(
         tracker.set_tags(run_id, {T.STATE: "running"})
     state, status = "failed", "FAILED"
     try:
-        searches: dict[str, SearchOutcome] = {}
-        finals: list[FinalRun] = []
+        searches: dict[str, list[SearchOutcome]] = {}
         for family in plan.families:
-            searches[family.name] = _search(tracker, plan, family, study_id, address, resume, verbose, out)
-            for warning in searches[family.name].at_bounds:
-                print(f"unitune: warning: {family.name}: {warning}", file=sys.stderr)
-            finals += _final_runs(tracker, plan, family, searches[family.name], study_id, out)
-        result = StudyResult(study_id, run_id, searches, finals, time.monotonic() - started)
+            searches[family.name] = []
+            for repeat in range(plan.search_repeats):
+                search = _search(tracker, plan, family, repeat, study_id, address, resume, verbose, out)
+                searches[family.name].append(search)
+                for warning in search.at_bounds:
+                    print(f"unitune: warning: {family.name}: {warning}", file=sys.stderr)
+        finals = Finals(tracker, plan, searches, study_id, out)
+        looks = run_looks(
+            plan.reference.name,
+            [f.name for f in plan.families[1:]],
+            plan.rounds,
+            train=finals.train,
+            outcomes=finals.outcomes,
+            more_time=lambda: _more_time(plan, started, finals.round_seconds),
+        )
+        for look in looks:
+            out(f"study {study_id}: after {look.seeds} seeds: {len(look.open())} comparison(s) open")
+        wall = time.monotonic() - started
+        result = StudyResult(study_id, run_id, searches, finals.runs(), wall, looks, finals.outcomes())
         write_report(tracker, plan, result, command=command, out=out)
         state, status = "completed", "FINISHED"
         return result
@@ -185,35 +181,47 @@ def run_study(
             cluster.shutdown_ray()
 
 
+def _more_time(plan: StudyPlan, started: float, rounds: list[float]) -> bool:
+    """Whether another round of seeds fits ``study.budget_minutes`` (estimated as long as the
+    last round; the clock starts when this command started)."""
+    if plan.budget_minutes is None:
+        return True
+    last = rounds[-1] if rounds else 0.0
+    return (time.monotonic() - started + last) / 60.0 <= plan.budget_minutes
+
+
 def _search(
     tracker: Tracker,
     plan: StudyPlan,
     family: Family,
+    repeat: int,
     study_id: str,
     address: str | None,
     resume: bool,
     verbose: bool,
     out,
 ) -> SearchOutcome:
-    """The family's finished search (found by its tags), else run (or continue) it."""
+    """The family's finished search of sampler seed ``space.seed + repeat`` (found by its
+    tags), else run (or continue) it."""
     job = plan.job
-    tags = {T.ROLE: "search", T.STUDY: study_id, T.FAMILY: family.name, T.STATE: "completed"}
-    parent_id = tracker.find_run(job.experiment, tags)
+    links = {T.STUDY: study_id, T.FAMILY: family.name, T.SEARCH_REPEAT: repeat}
+    parent_id = tracker.find_run(job.experiment, {T.ROLE: "search", **links, T.STATE: "completed"})
+    label = f"{family.name}" + (f" (search {repeat}, sampler seed {family.space.seed + repeat})" if repeat else "")
+    space = family.space.model_copy(update={"seed": family.space.seed + repeat}) if repeat else family.space
     if parent_id is not None:
-        out(f"study {study_id}: search of {family.name} done already (parent run {parent_id})")
+        out(f"study {study_id}: search of {label} done already (parent run {parent_id})")
     else:
-        out(f"study {study_id}: searching {family.name} ({family.path})")
+        out(f"study {study_id}: searching {label} ({family.path})")
         result = None
         # Tagged when the parent starts: a search that ends in an error is still the study's.
-        links = {T.STUDY: study_id, T.FAMILY: family.name}
         if resume:
             try:
-                result = run_search(job, family.space, address=address, verbose=verbose, resume=True, tags=links)
+                result = run_search(job, space, address=address, verbose=verbose, resume=True, tags=links)
             except UserError as exc:
                 if not str(exc).startswith("--resume:"):
                     raise
         if result is None:
-            result = run_search(job, family.space, address=address, verbose=verbose, tags=links)
+            result = run_search(job, space, address=address, verbose=verbose, tags=links)
         parent_id = result.parent_run_id
         if result.interrupted:  # Ctrl-C / SIGTERM inside the search: the study stops, resumable
             print(
@@ -221,10 +229,10 @@ def _search(
                 file=sys.stderr,
             )
             raise KeyboardInterrupt
-    return _outcome(tracker, plan, family, parent_id)
+    return _outcome(tracker, plan, family, parent_id, repeat)
 
 
-def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) -> SearchOutcome:
+def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str, repeat: int = 0) -> SearchOutcome:
     """The search's best trial by the study metric, its cost (trial-epochs, wall time) and
     the warnings of ``unitune search`` for best values at the edge of their range."""
     parent = tracker.client.get_run(parent_id)
@@ -247,55 +255,5 @@ def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str) 
         wall,
         bound_warnings({"best": {"params": best.params}}, family.space),
         next((r.info.run_name.split()[0] for r in children if r.info.run_id == best.run_id), best.trial_id),
+        repeat,
     )
-
-
-def final_job(tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, seed: int) -> JobSpec:
-    """The best trial as ``unitune export`` writes it, for ``seed`` and the final epochs."""
-    base = tracker.read_text(search.parent_run_id, T.BASE_JOB_ARTIFACT)
-    if base is None:
-        raise UserError(f"search {search.search_id}: parent run {search.parent_run_id} has no {T.BASE_JOB_ARTIFACT}")
-    trial = export.Trial(search.best_trial, search.best_run_id, "completed", search.params, {})
-    exported = export.final_job(yaml.safe_load(base), trial)
-    return apply_overrides(
-        exported,
-        {
-            "seed": seed,
-            "train.epochs": plan.final_epochs,
-            "name": f"{plan.job.name}-{family.name}-seed{seed}",
-            "tracking.experiment": plan.job.experiment,
-        },
-    )
-
-
-def _final_runs(
-    tracker: Tracker, plan: StudyPlan, family: Family, search: SearchOutcome, study_id: str, out
-) -> list[FinalRun]:
-    runs = []
-    for seed in range(plan.seeds):
-        tags = {T.ROLE: "final", T.STUDY: study_id, T.FAMILY: family.name, T.SEED: seed}
-        found = [r for r in tracker.search_runs(plan.job.experiment, tags) if r.info.status == "FINISHED"]
-        if found:
-            run_id = found[0].info.run_id
-            out(f"study {study_id}: {family.name} seed {seed} done already (run {run_id})")
-        else:
-            out(
-                f"study {study_id}: training {family.name} seed {seed} for {plan.final_epochs} epochs "
-                f"(best trial {search.best_label or search.best_trial} of {search.search_id})"
-            )
-            result = train(final_job(tracker, plan, family, search, seed))
-            run_id = result["run_id"]
-            tracker.set_tags(run_id, tags)
-        runs.append(
-            FinalRun(family.name, seed, run_id, tracker.get_metrics(run_id), read_curve(tracker, run_id, plan.metric))
-        )
-    return runs
-
-
-def read_curve(tracker: Tracker, run_id: str, metric: str) -> list[dict]:
-    """``[{"epoch": e, metric: v, "train_time_s": t}, ...]`` of a run, epoch 0 included."""
-    times = dict(tracker.metric_history(run_id, TIME_KEY))
-    return [
-        {"epoch": step, metric: value, TIME_KEY: times.get(step, 0.0 if step == 0 else float("nan"))}
-        for step, value in tracker.metric_history(run_id, metric)
-    ]
