@@ -68,7 +68,7 @@ def test_train_logs_one_mlflow_run_and_a_loadable_model(tmp_path, monkeypatch, c
     logged = dict(tracker.metric_history(run_id, "train_loss"))
     assert [logged[1], logged[2]] == pytest.approx([m["train_loss"] for m in plain if m["epoch"] >= 1], rel=1e-5)
 
-    artifacts = tracker.client.download_artifacts(run_id, "", str(tmp_path / "dl"))
+    tracker.client.download_artifacts(run_id, "", str(tmp_path / "dl"))
     assert (tmp_path / "dl" / "demo.yaml").is_file()
     # the test split's per-query ranks recompute the logged test metrics (a plain count)
     rows = list(csv.DictReader(open(tmp_path / "dl" / "test_ranks.csv")))
@@ -77,7 +77,8 @@ def test_train_logs_one_mlflow_run_and_a_loadable_model(tmp_path, monkeypatch, c
         for k in (1, 5, 10):
             logged = dict(tracker.metric_history(run_id, f"test_r{k}_{direction}"))[2]
             assert 100.0 * sum(r <= k for r in ranks) / len(ranks) == pytest.approx(logged, abs=1e-9)
-    model = load_model(f"{artifacts}/model")
+    # The model is the run's MLflow model `model` (the weights stored once), by its run URI.
+    model = load_model(f"runs:/{run_id}/model", tracking_uri=tracker.uri)
     tokens = model.tokenize(["a small red circle"])
     with torch.no_grad():
         text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
