@@ -98,6 +98,21 @@ def test_a_diverged_loss_is_one_user_error_line(tmp_path):
     assert run.info.status == "FAILED"
 
 
+def test_which_jobs_train_in_this_process(tmp_path):
+    import torch
+
+    from unitune.train.runs import in_process
+
+    assert in_process(tiny_job(tmp_path))
+    assert in_process(tiny_job(tmp_path, **{"ray.address": "127.0.0.1:6379"}))
+    assert not in_process(tiny_job(tmp_path, **{"ray.address": "auto"}))  # a cluster's nodes
+    remote = {"ray.address": "10.0.0.5:6379", "tracking.uri": "http://10.0.0.5:5000"}
+    assert not in_process(tiny_job(tmp_path, **remote))
+    assert not in_process(tiny_job(tmp_path, **{"resources.num_workers": 2}))
+    gpu = tiny_job(tmp_path, **{"resources.use_gpu": True})
+    assert in_process(gpu) == torch.cuda.is_available()
+
+
 def test_tags_and_jobs_must_pair(tmp_path):
     with pytest.raises(ValueError, match="2 jobs but 1 tag"):
         train_runs([tiny_job(tmp_path), tiny_job(tmp_path)], tags=[{}])

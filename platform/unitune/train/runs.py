@@ -6,7 +6,7 @@ moment its run is created, so a study that is stopped finds its finished runs by
 ``--resume`` and a stopped run reads KILLED, a failed one FAILED with ``unitune.error``.
 The MLflow model (the pyfunc, ``unitune.pyfunc``) is logged only with ``log_model=True``.
 
-A run's cost should be its epochs. A one-worker job on a local Ray trains in this process
+A run's cost should be its epochs. A one-worker job on a Ray of this machine trains in this process
 (``run_training``, as a one-worker search trial does): no Ray Train controller and worker
 processes to start, no second model build for the feature cache (the worker loads its
 entries, building any that are missing). Several workers, or a cluster given by address,
@@ -72,9 +72,18 @@ def _train_one(job: JobSpec, tags: Mapping[str, str], log_model: bool, out) -> d
 
 
 def in_process(job: JobSpec) -> bool:
-    """One worker on this machine: train here. A cluster given by address holds the
-    resources the job asks for, so its runs go there."""
-    return job.resources.num_workers == 1 and not (job.ray.address and is_remote_address(job.ray.address))
+    """Train ``job`` here: one worker, Ray on this machine alone (``ray.address`` null, a
+    loopback address or ``local``), and the GPU it asks for is here. ``auto`` (the cluster
+    this machine is part of, e.g. a submitted study on its head node) and remote clusters
+    hold the resources the job asks for on their own nodes: Ray Train places the run there."""
+    address = job.ray.address
+    if job.resources.num_workers != 1 or address == "auto" or is_remote_address(address):
+        return False
+    if job.resources.use_gpu:
+        import torch
+
+        return torch.cuda.is_available()  # else Ray Train refuses it in one line (check_fits)
+    return True
 
 
 def train_here(tracker: Tracker, job: JobSpec, *, tags: Mapping[str, str], log_model: bool, out=print) -> dict:
