@@ -4,9 +4,9 @@ The workers only report (``ray.train.report``); a Ray Train callback on the cont
 (which Ray places on the driver's node) writes each report to MLflow as it arrives, so the
 MLflow run fills in live and keeps what was logged if the run later fails.
 
-The trained model is the run's ``model`` artifact directory (``save_model`` format) and,
-around it, the run's MLflow model (``unitune.pyfunc``: images and captions in, embeddings
-out), registered as a new version of ``tracking.register_as`` when set. The PyTorch object::
+The trained model is the run's MLflow model ``model`` (``unitune.pyfunc``: images and
+captions in, embeddings out; the ``save_model`` directory inside it, stored once),
+registered as a new version of ``tracking.register_as`` when set. The PyTorch object::
 
     from unitune.models import load_model
     model = load_model(f"runs:/{RUN_ID}/model", tracking_uri="sqlite:///mlruns.db")   # or models:/NAME/1

@@ -1,17 +1,19 @@
 """Several training runs in one call, each its own MLflow run: a study's final runs.
 
-``train_runs(jobs, tags=...)`` records every job exactly as ``unitune train`` does (params,
-the job file, each epoch from 0, the test metrics, the ``model`` artifact), tagged from the
+``train_runs(jobs, tags=...)`` records every job as ``unitune train`` does (params, the job
+file, each epoch from 0, the test metrics and per-query ranks, the model), tagged from the
 moment its run is created, so a study that is stopped finds its finished runs by tags on
 ``--resume`` and a stopped run reads KILLED, a failed one FAILED with ``unitune.error``.
-The MLflow model (the pyfunc, ``unitune.pyfunc``) is logged only with ``log_model=True``.
+The model is the plain ``model`` artifact, or with ``log_model=True`` the MLflow model
+(the pyfunc, ``unitune.pyfunc``) holding it.
 
-A run's cost should be its epochs. A one-worker job on a Ray of this machine trains in this process
-(``run_training``, as a one-worker search trial does): no Ray Train controller and worker
-processes to start, no second model build for the feature cache (the worker loads its
-entries, building any that are missing). Several workers, or a cluster given by address,
-fit a ``TorchTrainer`` per job as ``unitune train`` does. ``benchmarks/bench_final_runs.py``
-measures what a run costs beyond its epochs.
+A run's cost should be its epochs. A one-worker job on a Ray of this machine alone trains
+in this process (``run_training``, as a one-worker search trial does): no Ray Train
+controller and worker processes to start, no second model build for the feature cache (the
+worker loads its entries, building any that are missing; the run logs the worker's
+``feature_cache_s`` at epoch 0, not the driver's ``feature_cache_bytes``). Other jobs (see
+:func:`in_process`) fit a ``TorchTrainer`` each, as ``unitune train`` does.
+``benchmarks/bench_final_runs.py`` measures what a run costs beyond its epochs.
 """
 
 from __future__ import annotations
