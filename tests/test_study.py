@@ -205,3 +205,28 @@ def test_job_without_test_split_is_refused(tmp_path, capsys, monkeypatch):
     code, err = _error(capsys, ["study", job, "data.format=karpathy", "data.annotations=karpathy.json",
                                 "train.batch_size=2"])
     assert code == 2 and "data.splits.test" in err and "not found" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_one_space_given_twice_with_search_repeats_claims_no_difference(tmp_path, monkeypatch):
+    """Two identical families (the uni space under two names), each searched twice with sampler
+    seeds 0 and 1, every search's best trained with seeds 0 and 1: real searches and runs."""
+    monkeypatch.chdir(tmp_path)
+    job = write_job(tmp_path, search_repeats=2)
+    (tmp_path / "uni_copy.yaml").write_text((tmp_path / "uni.yaml").read_text())
+    assert main(["study", job, "--quiet", "--spaces", "uni.yaml,uni_copy.yaml"]) == 0
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlruns.db")
+    [run] = _runs(tracker, **{"unitune.role": "study"})
+    rows = {r["family"]: r for r in csv.DictReader(io.StringIO(tracker.read_text(run.info.run_id, "study.csv")))}
+    assert rows["uni_copy"]["resolved"] == "0"
+    assert rows["uni_copy"]["search_repeats"] == "2" and rows["uni_copy"]["runs"] == "4"
+    md = tracker.read_text(run.info.run_id, "study.md")
+    assert "searched 2 times" in md and "resolved," not in md
+    # the two searches of a family used different sampler seeds: different trials
+    searches = _runs(tracker, **{"unitune.role": "search", "unitune.family": "uni"})
+    assert sorted(r.data.tags["unitune.search_repeat"] for r in searches) == ["0", "1"]
+    tried = []
+    for search in searches:
+        trials = _runs(tracker, **{"unitune.search_id": search.data.tags["unitune.search_id"], "unitune.role": "trial"})
+        tried.append(sorted(t.data.params["loss.margin"] for t in trials))
+    assert tried[0] != tried[1]

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from unitune.errors import UserError
+from unitune.record import Record
 from unitune.stores import is_remote_address as is_remote_ray_address
 from unitune.stores import resolve_uri
 from unitune.tracking import Tracker
@@ -49,8 +50,8 @@ def test_runs_params_tags_and_parent(tracker):
     parent = tracker.start_run("exp", "search-1", tags={"unitune.search_id": "s1"})
     child = tracker.start_run("exp", "trial-a", tags={"unitune.trial_id": "a"}, parent_run_id=parent)
     assert tracker.experiment_id("exp") == tracker.experiment_id("exp")
-    assert tracker.find_run("exp", {"unitune.trial_id": "a"}) == child
-    assert tracker.find_run("exp", {"unitune.trial_id": "it's-missing"}) is None
+    assert Record(tracker).run("exp", None, {"unitune.trial_id": "a"}).run_id == child
+    assert Record(tracker).run("exp", None, {"unitune.trial_id": "it's-missing"}) is None
     assert tracker.run_tags(child)["mlflow.parentRunId"] == parent
     tracker.log_params(child, {"loss.margin": 0.2, "loss.mining": "topk"})
     tracker.log_params(child, {"loss.margin": 0.2})  # idempotent on resume

@@ -20,6 +20,12 @@ from unitune.train.runs import train_runs
 REPO = Path(__file__).resolve().parents[1]
 
 
+
+def runs_tagged(tracker, tags):
+    """The MLflow runs of the demo experiment with ``tags`` (the client directly: a test's view)."""
+    filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return list(tracker.client.search_runs([tracker.experiment_id("demo")], filter_string=filt))
+
 def tiny_job(tmp_path, seed=0, **extra):
     job = load_job(REPO / "jobs/demo.yaml")
     return apply_overrides(job, {
@@ -74,7 +80,7 @@ def test_a_failed_run_is_failed_with_its_error_and_was_tagged_from_its_start(tmp
             report(metrics, directory)
             if metrics["epoch"] == 1:  # mid-run: the run exists, RUNNING, already tagged
                 tracker = tracker_of(tmp_path)
-                (run,) = tracker.search_runs("demo", {"study": "s1"})
+                (run,) = runs_tagged(tracker, {"study": "s1"})
                 seen["status"], seen["tags"] = run.info.status, run.data.tags
                 raise RuntimeError("disk on fire")
 
@@ -85,7 +91,7 @@ def test_a_failed_run_is_failed_with_its_error_and_was_tagged_from_its_start(tmp
         train_runs([tiny_job(tmp_path)], tags=[{"study": "s1"}], out=lambda *a: None)
     assert seen["status"] == "RUNNING" and seen["tags"]["study"] == "s1"
     tracker = tracker_of(tmp_path)
-    (run,) = tracker.search_runs("demo", {"study": "s1"})
+    (run,) = runs_tagged(tracker, {"study": "s1"})
     assert run.info.status == "FAILED"
     assert "disk on fire" in run.data.tags["unitune.error"]
 
@@ -94,7 +100,7 @@ def test_a_diverged_loss_is_one_user_error_line(tmp_path):
     job = tiny_job(tmp_path, **{"optim.lr": 1.0e30, "optim.grad_clip": None, "optim.warmup_epochs": 0})
     with pytest.raises(UserError, match="training failed"):
         train_runs([job], tags=[{"study": "s2"}], out=lambda *a: None)
-    (run,) = tracker_of(tmp_path).search_runs("demo", {"study": "s2"})
+    (run,) = runs_tagged(tracker_of(tmp_path), {"study": "s2"})
     assert run.info.status == "FAILED"
 
 
@@ -147,7 +153,7 @@ def test_a_signal_ends_the_run_killed(tmp_path, sig):
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in rest
-    (run,) = tracker_of(tmp_path).search_runs("demo", {"study": "sig"})
+    (run,) = runs_tagged(tracker_of(tmp_path), {"study": "sig"})
     assert run.info.status == "KILLED"
 
 

@@ -167,18 +167,6 @@ def _mode_of(metric: str) -> str:
     return known[metric]
 
 
-def finished_trials(tracker, parent, search_id: str, metrics: list[str]) -> list[Trial]:
-    """The search's finished trials (completed or stopped by ASHA), scored on ``metrics``
-    (``unitune.record.TrialRecord.values``); kept for the study runner until it reads
-    through ``unitune.record``.
-
-    Raises:
-        UserError: the search has no finished trial.
-    """
-    search = Record(tracker).search_run(parent.info.run_id)
-    return [_as_trial(t) for t in _finished(Record(tracker).trials(search, metrics), search_id)]
-
-
 def _finished(trials: list[TrialRecord], search_id: str) -> list[TrialRecord]:
     finished = [t for t in trials if t.finished]
     if not finished:
@@ -189,18 +177,6 @@ def _finished(trials: list[TrialRecord], search_id: str) -> list[TrialRecord]:
 
 def _as_trial(t: TrialRecord) -> Trial:
     return Trial(t.trial_id, t.run_id, t.state or "unknown", t.params, t.values, t.label)
-
-
-def select(trials: list[Trial], ref: str | None, metric: str, mode: str, search_id: str) -> Trial:
-    """:func:`pick` over :func:`finished_trials`' list; kept for the study runner until it
-    reads through ``unitune.record``."""
-    records = [
-        TrialRecord(
-            t.run_id, "", "", "FINISHED", {T.TRIAL: t.trial_id, T.STATE: t.state}, 0, None, t.params, {}, t.values
-        )
-        for t in trials
-    ]
-    return trials[records.index(pick(records, ref, metric, mode, search_id))]
 
 
 def _front(record: Record, search: SearchRecord) -> list[TrialRecord]:

@@ -183,16 +183,6 @@ class Tracker:
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
         return run.info.run_id
 
-    def find_run(self, experiment: str, tags: dict) -> str | None:
-        """Id of the oldest active run of ``experiment`` whose tags equal ``tags``, else None."""
-        runs = self.client.search_runs(
-            [self.experiment_id(experiment)],
-            filter_string=tag_filter(tags),
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
-
     def query_runs(self, experiment_ids: list[str], tags: dict, *, newest_first: bool = False, limit: int = 10000):
         """Active runs of ``experiment_ids`` whose tags equal ``tags``, by start time (oldest
         first unless ``newest_first``): MLflow's search API, for ``unitune.record`` only."""
@@ -227,17 +217,6 @@ class Tracker:
             return self.client.get_run(run_id)
         except MlflowException:
             return None
-
-    def search_runs(self, experiment: str, tags: dict) -> list:
-        """All active runs of ``experiment`` whose tags equal ``tags`` (mlflow Run objects)."""
-        return list(
-            self.client.search_runs(
-                [self.experiment_id(experiment)],
-                filter_string=tag_filter(tags),
-                order_by=["attributes.start_time ASC"],
-                max_results=10000,
-            )
-        )
 
     def log_params(self, run_id: str, params: dict) -> None:
         """Log params (values become strings). Re-logging an identical value is allowed."""

@@ -21,6 +21,7 @@ from unitune.config import JobSpec, apply_overrides
 from unitune.errors import UserError
 from unitune.ranks import FILE as RANKS_FILE
 from unitune.ranks import QueryRanks
+from unitune.record import Record, Role, RunRecord
 from unitune.study.plan import StudyPlan
 from unitune.study.stats import Outcomes
 from unitune.tracking import Tracker
@@ -95,7 +96,17 @@ class Finals:
         self.round_seconds: list[float] = []
 
     def _tags(self, family: str, repeat: int, seed: int) -> dict:
-        return {T.ROLE: "final", T.STUDY: self.study_id, T.FAMILY: family, T.SEARCH_REPEAT: repeat, T.SEED: seed}
+        return {
+            T.ROLE: Role.FINAL.value,
+            T.STUDY: self.study_id,
+            T.FAMILY: family,
+            T.SEARCH_REPEAT: repeat,
+            T.SEED: seed,
+        }
+
+    def _finals(self, key: tuple[str, int, int]) -> list[RunRecord]:
+        tags = {k: v for k, v in self._tags(*key).items() if k != T.ROLE}
+        return Record(self.tracker).runs(self.plan.job.experiment, Role.FINAL, tags)
 
     def train(self, families: list[str], seeds: range) -> None:
         started, trained = time.monotonic(), False
@@ -106,13 +117,9 @@ class Finals:
                     key = (family, search.repeat, seed)
                     if key in self._runs:
                         continue
-                    found = [
-                        r
-                        for r in self.tracker.search_runs(self.plan.job.experiment, self._tags(*key))
-                        if r.info.status == "FINISHED"
-                    ]
+                    found = [r for r in self._finals(key) if r.status == "FINISHED"]
                     if found:
-                        self._record(key, found[0].info.run_id)
+                        self._record(key, found[0].run_id)
                         continue
                     jobs.append(final_job(self.tracker, self.plan, search, seed))
                     tags.append(self._tags(*key))

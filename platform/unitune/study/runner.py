@@ -28,9 +28,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from unitune import cluster, export
+from unitune import cluster, record
 from unitune import tags as T
 from unitune.errors import UserError
+from unitune.record import Record, Role
 from unitune.search.driver import run_search
 from unitune.search.report import bound_warnings
 from unitune.study.finals import FinalRun, Finals, SearchOutcome, final_job, read_curve
@@ -62,11 +63,11 @@ def _find_study(tracker: Tracker, experiment: str, base_id: str, resume: bool) -
     k, unfinished, study_id = 1, None, base_id
     while True:
         study_id = base_id if k == 1 else f"{base_id}-{k}"
-        run = tracker.find_run(experiment, {T.ROLE: "study", T.STUDY: study_id})
+        run = Record(tracker).run(experiment, Role.STUDY, {T.STUDY: study_id})
         if run is None:
             break
-        if tracker.run_status(run) != "FINISHED":
-            unfinished = (study_id, run)
+        if run.status != "FINISHED":
+            unfinished = (study_id, run.run_id)
         k += 1
     if resume:
         if unfinished is None:
@@ -205,7 +206,8 @@ def _search(
     tags), else run (or continue) it."""
     job = plan.job
     links = {T.STUDY: study_id, T.FAMILY: family.name, T.SEARCH_REPEAT: repeat}
-    parent_id = tracker.find_run(job.experiment, {T.ROLE: "search", **links, T.STATE: "completed"})
+    found = Record(tracker).run(job.experiment, Role.SEARCH, {**links, T.STATE: "completed"})
+    parent_id = found.run_id if found is not None else None
     label = f"{family.name}" + (f" (search {repeat}, sampler seed {family.space.seed + repeat})" if repeat else "")
     space = family.space.model_copy(update={"seed": family.space.seed + repeat}) if repeat else family.space
     if parent_id is not None:
@@ -233,27 +235,31 @@ def _search(
 
 
 def _outcome(tracker: Tracker, plan: StudyPlan, family: Family, parent_id: str, repeat: int = 0) -> SearchOutcome:
-    """The search's best trial by the study metric, its cost (trial-epochs, wall time) and
-    the warnings of ``unitune search`` for best values at the edge of their range."""
-    parent = tracker.client.get_run(parent_id)
-    search_id = parent.data.tags[T.SEARCH]
-    trials = export.finished_trials(tracker, parent, search_id, [plan.metric])
-    best = export.select(trials, None, plan.metric, plan.mode, search_id)
-    children = tracker.search_runs(plan.job.experiment, {T.SEARCH: search_id, T.ROLE: "trial"})
-    trial_epochs = sum(int(r.data.tags.get(T.EPOCHS_RUN, 0) or 0) for r in children)
-    info = parent.info
-    wall = ((info.end_time or info.start_time) - info.start_time) / 1000.0
+    """The search's best trial by the study metric (``unitune.record.best``, the rule of the
+    summary, ``results`` and ``export``), its cost (trial-epochs, wall time) and the
+    warnings of ``unitune search`` for best values at the edge of their range.
+
+    Raises:
+        UserError: the search has no finished trial with a score on the metric.
+    """
+    rec = Record(tracker)
+    search = rec.search_run(parent_id)
+    trials = rec.trials(search, [plan.metric])
+    best = record.best(trials, plan.metric, plan.mode)
+    if best is None:
+        seen = ", ".join(f"{n} {state}" for state, n in record.counts(trials).items() if n) or "no trial runs"
+        raise UserError(f"search {search.search_id} has no finished trial with a {plan.metric} value ({seen})")
     return SearchOutcome(
         family.name,
-        search_id,
+        search.search_id,
         parent_id,
         best.trial_id,
         best.run_id,
         best.values[plan.metric],
         best.params,
-        trial_epochs,
-        wall,
+        record.trial_epochs(trials),
+        search.wall_s,
         bound_warnings({"best": {"params": best.params}}, family.space),
-        next((r.info.run_name.split()[0] for r in children if r.info.run_id == best.run_id), best.trial_id),
+        best.label,
         repeat,
     )
