@@ -34,7 +34,7 @@ def write_job(root, **study):
         "model": {"embed_dim": 32},
         "train": {"epochs": 2, "final_epochs": 2, "batch_size": 16, "eval_batch_size": 64},
         "tracking": {"uri": f"sqlite:///{root}/mlruns.db", "artifact_location": str(root / "art")},
-        "study": {"spaces": ["uni.yaml", "vlc.yaml"], "seeds": 2, **study},
+        "study": {"spaces": ["uni.yaml", "vlc.yaml"], "seeds": 2, "max_seeds": 2, **study},
     }
     (root / "job.yaml").write_text(yaml.safe_dump(job))
     return str(root / "job.yaml")

@@ -158,7 +158,7 @@ def test_interrupted_study_resumes_without_rerunning_and_reports(flow, capsys):
     half = math.tan(0.475 * math.pi) * math.sqrt(0.5) / math.sqrt(2)
     assert float(rows[1]["diff_mean"]) == pytest.approx(3.5)
     assert float(rows[1]["diff_seed_only_ci_low"]) == pytest.approx(3.5 - half)
-    # one comparison, one look (no study.max_seeds): tested at 5%, its interval at that level
+    # one comparison, one look (study.max_seeds = seeds): tested at 5%, its interval at that level
     assert float(rows[1]["diff_level"]) == pytest.approx(0.05) and rows[1]["resolved"] == "0"
     low, high = float(rows[1]["diff_ci_low"]), float(rows[1]["diff_ci_high"])
     assert low < 0 < high and (low + high) / 2 == pytest.approx(3.5)

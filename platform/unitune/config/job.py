@@ -336,7 +336,7 @@ class SearchRef(Spec):
 class StudySpec(Spec):
     """``unitune study``: the search-space files of the families compared (relative to the job
     file), the first round of final runs per family (seeds 0..seeds-1), the most seeds a
-    comparison still open may get (rounds of ``seeds`` more; None: one round), a wall-time
+    comparison still open may get (rounds of ``seeds`` more; None: 3 × seeds), a wall-time
     budget for adding rounds, searches per family (sampler seeds ``seed``..``seed + R - 1``
     of each space), the metric that decides (None: the spaces' own, which must agree) and
     the final runs' epochs (None: ``train.final_epochs``). docs/study.md."""

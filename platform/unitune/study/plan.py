@@ -37,7 +37,7 @@ class Family:
 @dataclass(frozen=True)
 class StudyPlan:
     """``study_key``: 8 hex digits of everything that changes the study's numbers.
-    ``rounds``: the seeds after each round (``[seeds]`` without ``study.max_seeds``);
+    ``rounds``: the seeds after each round, up to ``study.max_seeds`` (default 3 × seeds);
     ``seeds``: the first round's."""
 
     job: JobSpec
@@ -151,7 +151,7 @@ def plan_study(job: JobSpec, spaces: list[str] | None = None, seeds: int | None 
         first.space.target,
         final_epochs,
         key,
-        rounds=tuple(sizes(seeds, job.study.max_seeds)),
+        rounds=tuple(sizes(seeds, job.study.max_seeds if job.study.max_seeds is not None else 3 * seeds)),
         search_repeats=job.study.search_repeats,
         budget_minutes=job.study.budget_minutes,
     )
