@@ -41,10 +41,32 @@ PG_USER = "unitune"
 DATABASES = ("mlflow", "optuna")
 START_TIMEOUT_S = 600   # each process; a busy 2-core machine starts Ray in minutes
 BIN = Path(sys.executable).parent   # mlflow and ray of this Python's environment
-# `ray start` for a node that joins on 127.0.0.1 and stays there (see start_ray).
-RAY_START_LOOPBACK = ("import sys; from ray._private import services; "
-                      "services.resolve_ip_for_localhost = lambda host: host; "
-                      "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())")
+# The one private Ray function this rehearsal replaces (see loopback_ray_start), and the Ray
+# it was checked against: tests/test_local_cluster.py fails on any other Ray.
+RAY_PRIVATE = ("ray._private.services", "resolve_ip_for_localhost")
+RAY_CHECKED = "2.60.0"
+
+
+def loopback_ray_start() -> list[str]:
+    """``ray start`` (arguments to append) for a node that joins 127.0.0.1 and stays there.
+
+    On Linux ``ray start`` passes ``--node-ip-address`` and ``--address`` through
+    ``ray._private.services.resolve_ip_for_localhost``, which turns 127.0.0.1 into the
+    machine's address (and a node whose address is not loopback binds every interface). No
+    public option keeps a second node on loopback (the head's single-machine switch refuses
+    to add nodes), so this runs Ray's own CLI with that one function replaced by the
+    identity, after checking it is still there: a Ray without it stops here with a message
+    instead of starting a node on another address.
+    """
+    module, name = RAY_PRIVATE
+    code = (
+        f"import importlib, sys; services = importlib.import_module({module!r}); "
+        f"sys.exit('local_cluster: Ray has no {module}.{name}: re-check loopback_ray_start') "
+        f"if not callable(getattr(services, {name!r}, None)) else None; "
+        f"setattr(services, {name!r}, lambda host: host); "
+        "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+    )
+    return [sys.executable, "-c", code]
 
 
 def free_port() -> int:
@@ -219,7 +241,7 @@ def start_ray(root: Path, pids: dict, env: dict) -> None:
     # address is not loopback binds its raylet and agents to every interface. The head keeps
     # 127.0.0.1 with Ray's single-machine switch (meant for macOS/Windows); that switch also
     # refuses to add a node, so the second node is `ray start` with the rewrite turned off
-    # (RAY_START_LOOPBACK): both nodes are 127.0.0.1, told apart by node id and resources.
+    # (loopback_ray_start): both nodes are 127.0.0.1, told apart by node id and resources.
     head = [str(BIN / "ray"), "start", "--head", "--node-ip-address", HOST, "--port", str(gcs),
             "--dashboard-host", HOST,
             "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
@@ -235,7 +257,7 @@ def start_ray(root: Path, pids: dict, env: dict) -> None:
     # the same folder, and one node's runtime-env agent replaces the other's copy under it.
     worker_temp = tempfile.mkdtemp(prefix="utc_rayw", dir="/tmp")
     env["RAY_WORKER_TEMP_DIR"] = worker_temp
-    worker = [sys.executable, "-c", RAY_START_LOOPBACK, "start", "--address", f"{HOST}:{gcs}",
+    worker = [*loopback_ray_start(), "start", "--address", f"{HOST}:{gcs}",
               "--temp-dir", worker_temp, "--node-ip-address", HOST, "--resources", json.dumps({"rehearsal_worker": 1}), *common, *_ray_ports()]
     log = root / "ray_worker.log"
     pids["RAY_WORKER_PID"] = _start(worker, log, env=ray_env)

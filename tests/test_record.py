@@ -153,15 +153,14 @@ def test_study_query_returns_its_run_searches_and_final_runs(tmp_path):
 
 def test_only_the_record_layer_asks_mlflow_s_search_api():
     # Tracker (the one module importing MLflow) wraps the calls; the record layer is their one
-    # caller. The study runner reads through it once the study is ported (listed until then).
+    # caller.
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "platform" / "unitune"
     calls = ("search_runs(", "find_run(", "query_runs(", "search_experiments(", "get_experiment_by_name(")
-    pending = {"study/runner.py"}
     found = sorted(
         str(path.relative_to(root))
         for path in root.rglob("*.py")
         if path.name not in ("record.py", "tracking.py") and any(c in path.read_text() for c in calls)
     )
-    assert set(found) <= pending, found
+    assert found == [], found

@@ -200,10 +200,7 @@ def plan_submission(
         UserError: a local MLflow store with a remote cluster (unless ``allow_local_store``);
             ``resume`` of a search on a remote cluster without ``search.storage``.
     """
-
-    remote = is_remote_address(address)
-    uri = job.tracking.uri
-    reason = unreachable_store(uri, address)
+    reason = unreachable_store(job.tracking.uri, address)
     if reason is not None and not allow_local_store:
         raise UserError(
             f"{job_file}: tracking.uri: {reason} (or --allow-local-store if the cluster sees the same path)"
@@ -211,22 +208,7 @@ def plan_submission(
     job_file = job_file.resolve()
     space_file = Path(job.search.space).resolve()
     working_dir = _working_dir(job_file, space_file)
-    job_overrides = ["ray.address=auto"]  # the driver joins the cluster it runs on
-    if is_local_store(uri):
-        job_overrides.append(f"tracking.uri={resolve_uri(uri)}")
-        location = job.tracking.artifact_location
-        if location is not None and "://" not in location:
-            job_overrides.append(f"tracking.artifact_location={Path(location).resolve()}")
-    if job.search.storage is None:
-        if remote and resume:
-            raise UserError(
-                f"{job_file}: search.storage: not set, so the interrupted search's Ray Tune "
-                f"state stayed in the job's temporary directory on {address}; set "
-                "search.storage to a path on the cluster's shared filesystem or a URI Ray "
-                "Tune accepts (s3://bucket/unitune, gs://...) for searches to be resumable"
-            )
-        if not remote:  # the cluster shares this machine's disk: keep the state here
-            job_overrides.append(f"search.storage={(Path.cwd() / DEFAULT_TUNE_DIR).resolve()}")
+    remote = is_remote_address(address)
     if python is None:
         python = "python" if remote else sys.executable
     argv = [
@@ -238,21 +220,56 @@ def plan_submission(
         "--space",
         str(space_file.relative_to(working_dir)),
         *overrides,
-        *job_overrides,
+        *cluster_overrides(job, job_file, address, resume),
         *(["--resume"] if resume else []),
     ]
-    env = forwarded_env([job_file, space_file])
-    env["PYTHONUNBUFFERED"] = "1"  # logs reach `unitune logs --follow` as they are written
-    # `unitune stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3):
-    # time for the search to close its record and save Tune's state.
-    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "60")
     return Submission(
         entrypoint=shlex.join(argv),
-        runtime_env={"env_vars": env},
+        runtime_env={"env_vars": job_env([job_file, space_file])},
         metadata={"unitune_job": job.name, "unitune_job_file": job_file.name},
         project=working_dir,
         files=upload_files(job, job_file, space_file, working_dir, excludes),
     )
+
+
+def cluster_overrides(job, job_file: Path, address: str, resume: bool) -> list[str]:
+    """The job keys the search on the cluster runs with: it joins the cluster it runs on;
+    a local store (and a local artifact location) as absolute paths; Ray Tune's state in
+    this directory's ``.unitune/tune`` for a cluster on this machine.
+
+    Raises:
+        UserError: ``resume`` of a search on a remote cluster without ``search.storage``.
+    """
+    out = ["ray.address=auto"]  # the driver joins the cluster it runs on
+    if is_local_store(job.tracking.uri):
+        out.append(f"tracking.uri={resolve_uri(job.tracking.uri)}")
+        location = job.tracking.artifact_location
+        if location is not None and "://" not in location:
+            out.append(f"tracking.artifact_location={Path(location).resolve()}")
+    if job.search.storage is not None:
+        return out
+    remote = is_remote_address(address)
+    if remote and resume:
+        raise UserError(
+            f"{job_file}: search.storage: not set, so the interrupted search's Ray Tune "
+            f"state stayed in the job's temporary directory on {address}; set "
+            "search.storage to a path on the cluster's shared filesystem or a URI Ray "
+            "Tune accepts (s3://bucket/unitune, gs://...) for searches to be resumable"
+        )
+    if not remote:  # the cluster shares this machine's disk: keep the state here
+        out.append(f"search.storage={(Path.cwd() / DEFAULT_TUNE_DIR).resolve()}")
+    return out
+
+
+def job_env(files: list[Path]) -> dict[str, str]:
+    """The environment variables of the job on the cluster (:func:`forwarded_env` of
+    ``files``, unbuffered output, the stop grace period)."""
+    env = forwarded_env(files)
+    env["PYTHONUNBUFFERED"] = "1"  # logs reach `unitune logs --follow` as they are written
+    # `unitune stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3):
+    # time for the search to close its record and save Tune's state.
+    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "60")
+    return env
 
 
 def upload_files(job, job_file: Path, space_file: Path, project: Path, excludes: Sequence[str] = ()) -> list[str]:

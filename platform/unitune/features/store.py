@@ -5,7 +5,8 @@ An entry ``NAME`` in a cache directory is three files:
 - ``NAME.safetensors``: the tensors (safetensors: no pickle, nothing executes on load);
 - ``NAME.json``: the sidecar, written after the data: the entry's full key, the data
   file's size in bytes and its sha256;
-- ``NAME.lock``: the file lock (``fcntl.flock``) under which the entry is built.
+- ``NAME.lock``: the file lock (``unitune.locks.file_lock``: ``filelock``, an ``flock`` on
+  Unix) under which the entry is built.
 
 A reader trusts an entry only when the sidecar's key equals the one it asks for and the
 data file has the recorded size and digest; anything else (missing, partial, truncated,
@@ -17,7 +18,6 @@ file a later reader would trust.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from unitune.errors import UserError
+from unitune.locks import file_lock
 
 KEY = "data.feature_cache"
 _CHUNK = 1 << 20
@@ -103,15 +104,11 @@ def locked(directory: Path, name: str) -> Iterator[None]:
     lock = paths(directory, name)[2]
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a+")
+        lock.touch()
     except OSError as exc:
         raise UserError(f"{KEY}: cannot write the feature cache directory {directory}: {exc.strerror or exc}") from None
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(lock):
+        yield
 
 
 def get_or_build(

@@ -4,7 +4,8 @@ build_model(config, captions=None) -> DualEncoder   # config: job.model.model_du
 save_model(model, directory); load_model(directory) -> DualEncoder
 """
 
-from unitune.models.base import VIDEO_POOLINGS, DualEncoder
+from unitune.models.base import DualEncoder
+from unitune.models.pooling import VIDEO_POOLINGS
 from unitune.models.registry import MODEL_REGISTRY, build_model, load_model, model_config, save_model
 from unitune.models.tiny import TINY_PRESETS, WordTokenizer
 from unitune.models.towers import IMAGE_TOWERS

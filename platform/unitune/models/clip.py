@@ -20,7 +20,8 @@ from transformers import (
 from transformers.masking_utils import create_causal_mask
 
 from unitune.errors import UserError
-from unitune.models.base import DualEncoder, TowerLayout, features_tensor
+from unitune.models.base import DualEncoder, features_tensor
+from unitune.models.freeze import TowerLayout
 from unitune.models.hf import HFTokenizer, load_pretrained, max_length
 from unitune.models.transforms import CLIP_MEAN, CLIP_STD, ImageTransform, transform_from_processor
 

@@ -11,8 +11,9 @@ import torch
 
 from unitune.choices import FREEZE_DEFAULTS, MODEL_DEFAULTS
 from unitune.errors import UserError
-from unitune.models.base import FREEZE_KEYS, DualEncoder
+from unitune.models.base import DualEncoder
 from unitune.models.clip import CLIPDualEncoder
+from unitune.models.freeze import FREEZE_KEYS
 from unitune.models.tiny import TinyCLIP
 from unitune.models.two_tower import TwoTowerEncoder
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedModel
 
 from unitune.errors import UserError
-from unitune.models.base import generic_layout
+from unitune.models.freeze import generic_layout
 from unitune.models.hf import load_pretrained
 from unitune.models.transforms import ImageTransform, transform_from_processor
 

@@ -12,7 +12,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from unitune.errors import UserError
-from unitune.models.base import DualEncoder, TowerLayout, generic_layout
+from unitune.models.base import DualEncoder
+from unitune.models.freeze import TowerLayout, generic_layout
 from unitune.models.hf import HFTokenizer, load_pretrained, max_length
 from unitune.models.towers import TOWERS_EXTRA, ImageTower, build_image_tower
 

@@ -216,37 +216,71 @@ def run_search(
         UserError: unreachable MLflow store or Ray cluster (before any run is created), a
             local store with a remote cluster, an unknown warm-start study, nothing to resume.
     """
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
-    tracker.check(address, job.experiment)
-    experiment = job.experiment
+    found = _refuse_early(tracker, job, space, address, resume)
     base = search_job(job, space)
-    key = search_key(job, space)
+    started_ray, cache = _start_ray(base, address, verbose)
+    storage = open_storage(tracker)
+    search_id, parent = _open_parent(tracker, storage, job, space, base, found, cache, tags, warm_start_from)
+    steps = StepProgress(base.train.epochs, own_display=False) if verbose and space.max_concurrent == 1 else None
+    setup = _trial_setup(tracker, base, space, search_id, parent, train_fn, steps)
+    recorder = Recorder(setup, optuna.load_study(study_name=search_id, storage=storage), list(space.params))
+    driver_cb = DriverCallback(recorder, space, verbose=verbose, steps=steps)
+    if verbose and found is not None:
+        print(f"unitune: resuming search {search_id}", file=sys.stderr)
+    state = State.INTERRUPTED
+    interrupt = Interrupt(lambda: _mark_interrupted(recorder), resume_hint)
+    try:
+        with interrupt:
+            tuner = _tuner(setup, space, storage, [driver_cb, *(callbacks or [])], restore=found is not None)
+            with terminal.to_log(), steps or contextlib.nullcontext():  # to_log: Tune's box
+                tuner.fit()
+        if interrupt.signal is None and _all_final(recorder, space.num_trials):
+            state = State.COMPLETED
+    finally:
+        driver_cb.close()
+        summary = _close(setup, recorder, space, job, storage, state, started_ray)
+    return SearchResult(search_id, parent, job.experiment, summary, found is not None, interrupt.signal)
+
+
+def _refuse_early(
+    tracker: Tracker, job: JobSpec, space: SearchSpaceSpec, address: str | None, resume: bool
+) -> tuple[str, str] | None:
+    """What can be refused before Ray starts: the store, Tune's storage, a resume with
+    nothing to resume. Returns the search to resume ``(search id, parent run id)`` or None."""
+    from ray import tune  # Ray Tune: checked only here and in _tuner
+
+    tracker.check(address, job.experiment)
     check_tune_storage(job.search.storage)
-    storage_path = tune_storage(job.search.storage)
-    found = find_unfinished(tracker, experiment, key) if resume else None
-    if resume and found is None:
+    if not resume:
+        return None
+    found = find_unfinished(tracker, job.experiment, search_key(job, space))
+    if found is None:
         raise UserError(
-            f"--resume: no interrupted search of experiment {experiment!r} with this job "
+            f"--resume: no interrupted search of experiment {job.experiment!r} with this job "
             f"and space in {tracker.uri}; run without --resume"
         )
-    if found is not None:
-        exp_dir = f"{storage_path.rstrip('/')}/{found[0]}"
-        if not tune.Tuner.can_restore(exp_dir):
-            raise UserError(
-                f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
-                "started in another directory, or on a cluster without search.storage)"
-            )
+    exp_dir = f"{tune_storage(job.search.storage).rstrip('/')}/{found[0]}"
+    if not tune.Tuner.can_restore(exp_dir):
+        raise UserError(
+            f"--resume: search {found[0]} has no Ray Tune state in {exp_dir} (it was "
+            "started in another directory, or on a cluster without search.storage)"
+        )
+    return found
+
+
+def _start_ray(base: JobSpec, address: str | None, verbose: bool) -> tuple[bool, dict]:
+    """Ray started (or joined) and the frozen-prefix feature cache ready, before any MLflow
+    run exists (an unreachable cluster leaves nothing behind). Returns (whether this call
+    started Ray, the cache's summary)."""
     from unitune import features  # torch and the data layer: imported by the driver only here
 
     features.check(base)  # cache refusals (unwritable directory, augmentation) before Ray starts
-    started_ray = init_ray(address)  # before any MLflow run: an unreachable cluster leaves nothing behind
+    started_ray = init_ray(address)
     terminal.adopt_library_loggers()  # Ray's and Optuna's loggers, now imported: to the log file
     # What the frozen layers compute, once for every trial (trials that sample a different
-    # split point or image size build their own entry on first use). Before any run exists.
+    # split point or image size build their own entry on first use).
     if verbose and features.setting(base) != "off":
         print("unitune: preparing the frozen-prefix feature cache ...", file=sys.stderr, flush=True)
     try:
@@ -263,21 +297,36 @@ def run_search(
             file=sys.stderr,
             flush=True,
         )
-    storage = open_storage(tracker)
-    if found is None:
-        search_id = allocate_search(tracker, storage, experiment, f"{job.name}-{space_name(space)}-{key}", space)
-        parent = _start_parent(tracker, job, space, base, search_id, key, storage)
-        if tags:
-            tracker.set_tags(parent, tags)
-        if warm_start_from:
-            copied = warm_start(storage, warm_start_from, search_id, space)
-            tracker.set_tags(parent, {T.WARM_START_FROM: warm_start_from, T.WARM_START_TRIALS: copied})
-    else:
+    return started_ray, cache
+
+
+def _open_parent(
+    tracker: Tracker,
+    storage,
+    job: JobSpec,
+    space: SearchSpaceSpec,
+    base: JobSpec,
+    found: tuple[str, str] | None,
+    cache: dict,
+    tags: dict | None,
+    warm_start_from: str | None,
+) -> tuple[str, str]:
+    """A new search's id and parent run (its Optuna study seeded by ``warm_start_from``, the
+    feature cache's numbers logged), or the resumed one's parent reopened."""
+    if found is not None:
         search_id, parent = found
         tracker.reopen_run(parent)
         tracker.set_tags(parent, {**(tags or {}), T.STATE: State.RUNNING})
-
-    if found is None and cache["feature_cache_dir"] is not None:
+        return search_id, parent
+    key = search_key(job, space)
+    search_id = allocate_search(tracker, storage, job.experiment, f"{job.name}-{space_name(space)}-{key}", space)
+    parent = _start_parent(tracker, job, space, base, search_id, key, storage)
+    if tags:
+        tracker.set_tags(parent, tags)
+    if warm_start_from:
+        copied = warm_start(storage, warm_start_from, search_id, space)
+        tracker.set_tags(parent, {T.WARM_START_FROM: warm_start_from, T.WARM_START_TRIALS: copied})
+    if cache["feature_cache_dir"] is not None:
         tracker.log_metrics(
             parent,
             {k: cache[k] for k in ("feature_cache_s", "entries_built", "entries_reused")}
@@ -285,83 +334,101 @@ def run_search(
             step=0,
         )
         tracker.set_tags(parent, {T.FEATURE_CACHE_DIR: cache["feature_cache_dir"]})
+    return search_id, parent
 
+
+def _trial_setup(
+    tracker: Tracker,
+    base: JobSpec,
+    space: SearchSpaceSpec,
+    search_id: str,
+    parent: str,
+    train_fn: Callable | None,
+    steps: StepProgress | None,
+) -> TrialSetup:
+    """What every trial shares (sent once through Ray's object store)."""
     metrics, modes = space.objective_names()
-    steps = None
-    if verbose and space.max_concurrent == 1:  # one trial at a time: its in-epoch progress bar
-        steps = StepProgress(base.train.epochs, own_display=False)
-    setup = TrialSetup(
+    return TrialSetup(
         job=base,
         tracker=tracker,
-        experiment=experiment,
+        experiment=base.experiment,
         search_id=search_id,
         parent_run_id=parent,
         objectives=list(zip(metrics, modes)),
         target=space.target,
-        storage_path=storage_path,
+        storage_path=tune_storage(base.search.storage),
         train_fn=train_fn,
         on_step=steps.reporter if steps is not None else None,
         env={**{k: v for k, v in os.environ.items() if k.startswith("UNITUNE_")}, **probes.bound_server_retries()},
     )
-    study = optuna.load_study(study_name=search_id, storage=storage)
-    recorder = Recorder(setup, study, list(space.params))
-    driver_cb = DriverCallback(recorder, space, verbose=verbose, steps=steps)
-    if verbose and found is not None:
-        print(f"unitune: resuming search {search_id}", file=sys.stderr)
 
-    def mark_interrupted() -> None:
-        recorder.interrupting = True
-        tracker.set_tags(parent, {T.STATE: State.INTERRUPTED})
-        recorder.interrupt_running()
-        tracker.end_run(parent, "KILLED")
 
-    state = State.INTERRUPTED
-    interrupt = Interrupt(mark_interrupted, resume_hint)
+def _tuner(setup: TrialSetup, space: SearchSpaceSpec, storage, callbacks: list, *, restore: bool):
+    """The search's ``tune.Tuner``: a new one, or restored from Ray Tune's saved state."""
+    from ray import tune  # Ray Tune: imported once Ray runs
+    from ray.tune.logger import JsonLoggerCallback
+
+    base, search_id = setup.job, setup.search_id
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
+    if restore:
+        return tune.Tuner.restore(
+            f"{setup.storage_path.rstrip('/')}/{search_id}",
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    return tune.Tuner(
+        trainable,
+        tune_config=_tune_config(space, search_id, storage),
+        run_config=tune.RunConfig(
+            name=search_id,
+            storage_path=setup.storage_path,
+            # result.json per trial: what Tune's ResultGrid reads back
+            callbacks=[callbacks[0], JsonLoggerCallback(), *callbacks[1:]],
+            # a trial whose process dies is retried from its checkpoint
+            failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+
+
+def _mark_interrupted(recorder: Recorder) -> None:
+    """The first SIGINT/SIGTERM: the parent and every running trial ``interrupted`` at once,
+    so the record is right even if a SIGKILL follows."""
+    tracker, parent = recorder.setup.tracker, recorder.setup.parent_run_id
+    recorder.interrupting = True
+    tracker.set_tags(parent, {T.STATE: State.INTERRUPTED})
+    recorder.interrupt_running()
+    tracker.end_run(parent, State.INTERRUPTED.status)
+
+
+def _close(
+    setup: TrialSetup,
+    recorder: Recorder,
+    space: SearchSpaceSpec,
+    job: JobSpec,
+    storage,
+    state: State,
+    started_ray: bool,
+) -> dict:
+    """The end of a search, however it ended: runs still open closed as interrupted, the
+    summary, the parent's artifacts, headline and final state; Ray shut down if started here."""
+    tracker, parent = setup.tracker, setup.parent_run_id
+    recorder.interrupting = True
+    recorder.interrupt_running()
+    summary = summarize(setup, space, storage)
+    summary["state"] = state
     try:
-        with interrupt:
-            trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(base))
-            if found is not None:
-                tuner = tune.Tuner.restore(
-                    f"{storage_path.rstrip('/')}/{search_id}",
-                    trainable,
-                    resume_unfinished=True,
-                    resume_errored=False,
-                    restart_errored=False,
-                )
-            else:
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=_tune_config(space, search_id, storage),
-                    run_config=tune.RunConfig(
-                        name=search_id,
-                        storage_path=storage_path,
-                        # result.json per trial: what Tune's ResultGrid reads back
-                        callbacks=[driver_cb, JsonLoggerCallback(), *(callbacks or [])],
-                        # a trial whose process dies is retried from its checkpoint
-                        failure_config=tune.FailureConfig(max_failures=base.train.max_failures),
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        verbose=0,
-                    ),
-                )
-            with terminal.to_log(), steps or contextlib.nullcontext():  # to_log: Tune's box
-                tuner.fit()
-        if interrupt.signal is None and _all_final(recorder, space.num_trials):
-            state = State.COMPLETED
+        write_artifacts(setup, space, job, storage, summary)
+        log_headline(tracker, parent, summary)
     finally:
-        driver_cb.close()
-        recorder.interrupting = True
-        recorder.interrupt_running()
-        summary = summarize(setup, space, storage)
-        summary["state"] = state
-        try:
-            write_artifacts(setup, space, job, storage, summary)
-            log_headline(tracker, parent, summary)
-        finally:
-            tracker.set_tags(parent, {T.STATE: state})
-            tracker.end_run(parent, T.STATUS_OF_STATE[state])
-            if started_ray:
-                cluster.shutdown_ray()
-    return SearchResult(search_id, parent, experiment, summary, found is not None, interrupt.signal)
+        tracker.set_tags(parent, {T.STATE: state})
+        tracker.end_run(parent, state.status)
+        if started_ray:
+            cluster.shutdown_ray()
+    return summary
 
 
 def _start_parent(
