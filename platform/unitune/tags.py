@@ -1,7 +1,8 @@
 """The MLflow tag names unitune writes, and the trial state machine they record.
 
-One place for them: the search driver writes them, ``export``, ``results`` and the study
-read them. A trial's run moves through::
+One place for them: the search driver writes them; ``unitune.record`` reads them (its
+``Role`` and ``State`` enums are the values of ``ROLE`` and ``STATE``) for the summary,
+``export``, ``results`` and the study. A trial's run moves through::
 
     (new) ──► running ──► completed | stopped_by_asha | failed | interrupted
                  ▲                                                   │
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 SEARCH = "unitune.search_id"
 TRIAL = "unitune.trial_id"
-ROLE = "unitune.role"  # "search" (parent), "trial" (child), "study"
-STATE = "unitune.state"  # a key of STATUS_OF_STATE
+ROLE = "unitune.role"  # unitune.record.Role: "search" (parent), "trial" (child), "study", "final"
+STATE = "unitune.state"  # a key of STATUS_OF_STATE (unitune.record.State)
 STOP_EPOCH = "unitune.stopped_at_epoch"
 ERROR = "unitune.error"
 EPOCHS_RUN = "unitune.epochs_run"
