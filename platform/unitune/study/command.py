@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Plan (refusing bad input before any compute), run, report; 0 on success."""
+    # Here, not at the top: the CLI imports this module to build its parser (pydantic, scipy)
     from unitune.config import load_job, require_inputs
     from unitune.study.plan import plan_study
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     spaces = [s for s in args.spaces.split(",") if s.strip()] if args.spaces else None
     plan = plan_study(job, spaces, args.seeds)
     require_inputs(job)
-    from unitune.study.runner import run_study
+    from unitune.study.runner import run_study  # Ray, MLflow, torch: only once the plan holds
 
     command = shlex.join(
         [

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from unitune.config import METRICS, JobSpec, SearchSpaceSpec, load_space
+from unitune.config import METRICS, JobSpec, SearchSpaceSpec, load_space, missing_inputs
 from unitune.errors import UserError
 from unitune.study.sequential import sizes
 from unitune.study.stats import per_query
@@ -167,13 +167,11 @@ def _check_test_split(job: JobSpec) -> None:
     Raises:
         UserError: naming ``data.splits.test`` and what is missing.
     """
-    from unitune.config import missing_inputs
-
     if missing_inputs(job):
         return  # require_inputs (the command) reports missing data first, with the path
     if job.data.format == "synthetic":
         return  # data.synthetic.num_test >= 1 by the schema
-    from unitune.data import build_dataset
+    from unitune.data import build_dataset  # torch and PIL: only for a split to read
 
     try:
         build_dataset("test", **job.data.dataset_options(), train=False)

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from unitune import tags as T
+from unitune.choices import METRIC_MAX, RECALL_KEYS
 from unitune.search.convergence import convergence_summary
 from unitune.study.sequential import study_weights
 from unitune.study.stats import ALPHA, RESAMPLES, Decision, Interval, compare, holm, interval, spending, verdict
 
-RECALLS = ("r1_i2t", "r5_i2t", "r10_i2t", "r1_t2i", "r5_t2i", "r10_t2i")
+RECALLS = RECALL_KEYS  # R@1/5/10 image->text, then text->image
 LABELS = {
     "rsum": "RSUM",
     "medr_i2t": "median rank image→text",
@@ -308,7 +309,7 @@ def markdown(plan, result, rows: list[dict], command: str | None = None) -> str:
         "Convergence columns are medians over the final runs: epochs to the target (never reached = "
         f'{plan.final_epochs + 1}, i.e. budget + 1, in study.csv; "never" here; the higher middle value '
         "for an even count), seconds to it among the runs that reached it, and the validation AUC over "
-        "the full final budget normalised by the metric's maximum (600 for RSUM).",
+        f"the full final budget normalised by the metric's maximum ({METRIC_MAX['rsum']:.0f} for RSUM).",
         "",
         f"MLflow: the study run `{result.run_id}`; its searches and final runs carry the tag "
         f"`unitune.study_id = {result.study_id}` (filter: tags.`unitune.study_id` = '{result.study_id}'); "

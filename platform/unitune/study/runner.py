@@ -36,6 +36,7 @@ from unitune.search.driver import run_search
 from unitune.search.report import bound_warnings
 from unitune.study.finals import FinalRun, Finals, SearchOutcome, final_job, read_curve
 from unitune.study.plan import Family, StudyPlan
+from unitune.study.report import write_report
 from unitune.study.sequential import Look, run_looks
 from unitune.tracking import Tracker
 
@@ -102,8 +103,6 @@ def run_study(
             finished trial.
         KeyboardInterrupt: the study run is then KILLED (``unitune.state=interrupted``).
     """
-    from unitune.study.report import write_report
-
     job = plan.job
     address = address if address is not None else job.ray.address
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)

@@ -35,13 +35,14 @@ from ray.train import UserCallback
 from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
+from unitune import features, terminal, tracking
 from unitune import tags as T
-from unitune import terminal, tracking
 from unitune.choices import RETRIEVAL_METRIC_KEYS
 from unitune.cluster import init_ray, shutdown_ray
 from unitune.config import JobSpec
 from unitune.errors import UserError, mask_uri, redact
 from unitune.preflight import check_fits
+from unitune.progress import StepProgress
 from unitune.ranks import FILE as RANKS_FILE
 from unitune.terminal import num, text_table
 from unitune.tracking import Tracker
@@ -238,8 +239,6 @@ def checked_tracker(job: JobSpec) -> Tracker:
     """The job's tracker, its store and the feature cache checked before Ray starts."""
     tracker = Tracker(job.tracking.uri, job.tracking.artifact_location)
     tracker.check(job.ray.address, job.experiment)
-    from unitune import features
-
     features.check(job)  # cache refusals before Ray starts
     return tracker
 
@@ -255,9 +254,6 @@ def train_on_ray(
 ) -> dict:
     """One ``TorchTrainer`` fit of ``job`` (Ray initialised) recorded as one MLflow run
     tagged ``tags`` from its start; see :func:`train`."""
-    from unitune import features
-    from unitune.progress import StepProgress
-
     check_fits(job, job.ray.address)
     cache = features.prepare(job, splits=("train", "val", "test"))  # once, before the run
     with recorded_run(tracker, job, tags, cache) as run_id:
@@ -356,7 +352,7 @@ def log_outputs(
     if not log_model:
         tracker.log_artifact(run_id, directory / MODEL_DIR, MODEL_DIR)
         return None
-    from unitune import pyfunc
+    from unitune import pyfunc  # mlflow.pyfunc: only when the MLflow model is logged
 
     with contextlib.redirect_stderr(terminal.log_stream()):  # MLflow's registration lines
         model_uri, version = pyfunc.log(
