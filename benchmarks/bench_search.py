@@ -414,7 +414,8 @@ def _close(a, b) -> bool:
 # --- plot and main ---------------------------------------------------------------------------
 
 
-def plot(families: list[dict], path: Path, budget: int) -> None:
+def plot(families: list[dict], path: Path) -> None:
+    """Median anytime curves of each family's largest budget, vs trial-epochs and vs seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -422,22 +423,24 @@ def plot(families: list[dict], path: Path, budget: int) -> None:
 
     fig, axes = plt.subplots(2, len(families), figsize=(6.5 * len(families), 8), squeeze=False)
     for col, fam in enumerate(families):
+        budget = max(int(k.split("@")[1]) for k in fam["curves"])
         for row, (xi, label) in enumerate([(0, "cumulative trial-epochs"), (1, "cumulative seconds")]):
-            ax = axes[row][col]
+            ax, lows = axes[row][col], [fam["oracle_best"]]
             for key, runs in fam["curves"].items():
                 if not key.endswith(f"@{budget}"):
                     continue
                 top = max(p[xi] for r in runs for p in r)
                 grid = np.linspace(0, top, 200)
+                # each seed's best so far (flat after its search ended); drawn where every seed has one
                 ys = np.array([[max([p[2] for p in r if p[xi] <= x], default=np.nan) for x in grid] for r in runs])
-                ax.plot(grid, np.nanmedian(ys, axis=0), label=key.split("@")[0])
+                ax.plot(grid, np.median(ys, axis=0), label=key.split("@")[0])
+                lows.append(float(np.median(ys[:, -1])))
             ax.axhline(fam["oracle_best"], color="k", ls=":", lw=1, label="oracle best")
             ax.axhline(fam["oracle_best"] - fam["within"], color="grey", ls=":", lw=1)
             ax.set_xlabel(label)
             ax.set_ylabel("best validation RSUM (median over seeds)")
             ax.set_title(f"{fam['family']}: {budget} trials")
-            lows = [fam["oracle_best"] - 10 * fam["within"]]
-            ax.set_ylim(bottom=lows[0], top=fam["oracle_best"] + fam["within"])
+            ax.set_ylim(bottom=min(lows) - 5 * fam["within"], top=fam["oracle_best"] + fam["within"])
             ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -461,7 +464,13 @@ def main() -> None:
     parser.add_argument("--plot", default="")
     parser.add_argument("--json", default="", help="write the table, curves and rank agreement here")
     parser.add_argument("--quick", action="store_true", help="smoke run on a shrunken demo job (< 1 min)")
+    parser.add_argument("--plot-from", default="", help="only plot: --json files of earlier runs (comma-separated)")
     args = parser.parse_args()
+    if args.plot_from:
+        loaded = [json.loads(Path(p).read_text()) for p in args.plot_from.split(",")]
+        families = [fam for one in loaded for fam in one["families"]]
+        plot(families, Path(args.plot))
+        return
     overrides: dict = {}
     if args.quick:
         args.families, args.pairs, args.budgets, args.oracle = "demo", "random+none,tpe+asha", "3", 4
@@ -488,7 +497,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     print(f"\nbench_search: {wall:.0f} s wall, load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     if args.plot:
-        plot(results, Path(args.plot), max(args.budgets))
+        plot(results, Path(args.plot))
     if args.json:
         for fam in results:
             fam.pop("space"), fam.pop("job")
