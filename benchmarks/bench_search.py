@@ -4,7 +4,7 @@ random-search oracle, on the frozen family of the emoji job and the unified spac
     .venv/bin/python benchmarks/bench_search.py [--families emoji,demo] [--seeds 10]
         [--budgets 8,16] [--oracle 64] [--pairs tpe+asha,random+none,...] [--check tpe+asha]
         [--out .unitune/bench_search] [--plot docs/images/search_curves.png]
-    .venv/bin/python benchmarks/bench_search.py --quick      # smoke run, < 1 min
+    .venv/bin/python benchmarks/bench_search.py --quick      # smoke run (78 s at load average 5 on 2 cores)
 
 How it measures (docs/search.md says what one run found):
 
@@ -117,7 +117,7 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     any number, and a quantile that falls among or next to inf values is inf."""
     array = np.where(np.isinf(np.asarray(values, dtype=float)), NEVER, np.asarray(values, dtype=float))
     qs = [float(np.percentile(array, q)) for q in (50, 25, 75)]
-    return qs[0] if qs[0] < NEVER / 2 else math.inf, *(q if q < NEVER / 2 else math.inf for q in qs[1:])  # type: ignore[return-value]
+    return tuple(q if q < NEVER * 1e-9 else math.inf for q in qs)  # type: ignore[return-value]
 
 
 # --- training, kept per configuration -------------------------------------------------------
@@ -374,7 +374,7 @@ def check_cli(name: str, pair: str, seed: int, trials: int, overrides: dict, out
         data = space.model_dump(mode="json") | {"sampler": sampler, "scheduler": scheduler, "seed": seed,
                                                 "num_trials": trials, "max_concurrent": 1}
         data["asha"] = data["asha"] and {k: v for k, v in data["asha"].items() if k != "max_epochs"}
-        space_path.write_text(yaml.safe_dump(data))
+        space_path.write_text(yaml.safe_dump(data, sort_keys=False))  # the file's order is the sampling order
         store = f"sqlite:///{tmp}/mlruns.db"
         sets = [f"{k}={v}" for k, v in overrides.items()]
         sets += [f"tracking.uri={store}", f"tracking.artifact_location={tmp}/art", f"search.num_trials={trials}",
@@ -406,7 +406,7 @@ def check_cli(name: str, pair: str, seed: int, trials: int, overrides: dict, out
 
 
 def _close(a, b) -> bool:
-    if isinstance(b, float) and a is not None:
+    if isinstance(b, (int, float)) and not isinstance(b, bool) and isinstance(a, (int, float)):
         return abs(float(a) - b) <= 1e-9 * max(1.0, abs(b))
     return str(a) == str(b)
 
@@ -440,7 +440,7 @@ def plot(families: list[dict], path: Path) -> None:
             ax.set_xlabel(label)
             ax.set_ylabel("best validation RSUM (median over seeds)")
             ax.set_title(f"{fam['family']}: {budget} trials")
-            ax.set_ylim(bottom=min(lows) - 5 * fam["within"], top=fam["oracle_best"] + fam["within"])
+            ax.set_ylim(bottom=min(lows) - 5 * fam["within"], top=max(lows) + fam["within"])
             ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,3 +46,8 @@ def test_quartiles_interpolate_and_keep_never_as_inf():
     assert bench.quartiles([4.0, 1.0, 3.0, 2.0]) == (2.5, 1.75, 3.25)  # linear between order statistics
     median, low, high = bench.quartiles([1.0, 2.0, math.inf, math.inf])
     assert (low, median, high) == (1.75, math.inf, math.inf)
+
+
+def test_a_quantile_between_a_number_and_never_is_inf():
+    assert bench.quartiles([3.0, math.inf]) == (math.inf, math.inf, math.inf)  # 25th: a quarter of the way to inf
+    assert bench.quartiles([3.0, 3.0, 3.0, math.inf])[:2] == (3.0, 3.0)
