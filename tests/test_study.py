@@ -230,3 +230,15 @@ def test_one_space_given_twice_with_search_repeats_claims_no_difference(tmp_path
         trials = _runs(tracker, **{"unitune.search_id": search.data.tags["unitune.search_id"], "unitune.role": "trial"})
         tried.append(sorted(t.data.params["loss.margin"] for t in trials))
     assert tried[0] != tried[1]
+
+
+def test_the_study_block_is_not_part_of_a_search_key(tmp_path, monkeypatch):
+    # `unitune study JOB --resume study.budget_minutes=90` continues the interrupted search
+    from unitune.search.driver import search_key
+
+    monkeypatch.chdir(tmp_path)
+    job = load_job(write_job(tmp_path))
+    space = load_space(tmp_path / "uni.yaml", job)
+    more = apply_overrides(job, {"study.budget_minutes": 90, "study.max_seeds": 6, "study.search_repeats": 2})
+    assert search_key(more, space) == search_key(job, space)
+    assert search_key(apply_overrides(job, {"train.epochs": 3}), space) != search_key(job, space)

@@ -69,7 +69,9 @@ class SearchResult:
 def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
     """8 hex digits identifying what is searched: the job and the space, not the file names
     nor where it runs, caches and logs (``ray``, ``tracking``, ``search.storage``, the
-    space's path, the synthetic data's and the feature cache's directories), so a submitted
+    space's path, the synthetic data's and the feature cache's directories), nor the
+    ``study:`` block (a resumed study given more ``budget_minutes`` continues its
+    interrupted search), so a submitted
     search unpacked in another directory on the cluster is the same search."""
     what = job.model_dump(
         mode="json",
@@ -77,6 +79,7 @@ def search_key(job: JobSpec, space: SearchSpaceSpec) -> str:
             "ray": True,
             "tracking": True,
             "search": {"storage", "space"},
+            "study": True,  # what a study does with the search's best: not the search
             "data": {"feature_cache": True, "synthetic": {"cache_dir"}},
         },
     )
