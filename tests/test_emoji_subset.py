@@ -16,8 +16,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_subset_keeps_whole_concepts_apart_and_its_captions_are_the_images_own(emoji_dir, tmp_path):
     out = tmp_path / "subset.json"
-    done = run(str(out), "--emoji", str(emoji_dir), "--train", "40", "--val", "9", "--test", "11",
-               "--captions", "2", "--seed", "3")
+    sizes = "--train 40 --val 9 --test 11 --captions 2 --seed 3".split()
+    done = run(str(out), "--emoji", str(emoji_dir), *sizes)
     assert done.returncode == 0, done.stderr
     source = {i["imgid"]: i for i in json.loads((emoji_dir / "dataset_emoji.json").read_text())["images"]}
     images = json.loads(out.read_text())["images"]
@@ -26,15 +26,14 @@ def test_subset_keeps_whole_concepts_apart_and_its_captions_are_the_images_own(e
     assert len(set(concepts)) == len(concepts)  # one image per concept, so none crosses a split
     for image in images:
         original = source[image["imgid"]]
-        assert (image["filename"], image["split"], image["concept"]) == (
-            original["filename"], original["split"], original["concept"])
+        for key in ("filename", "split", "concept"):
+            assert image[key] == original[key]
         assert (emoji_dir / image["filename"]).is_file()
         assert len(image["sentences"]) == 2
         assert all(s in original["sentences"] for s in image["sentences"])
         assert image["sentids"] == [s["sentid"] for s in image["sentences"]]
     again = tmp_path / "again.json"
-    assert run(str(again), "--emoji", str(emoji_dir), "--train", "40", "--val", "9", "--test", "11",
-               "--captions", "2", "--seed", "3").returncode == 0
+    assert run(str(again), "--emoji", str(emoji_dir), *sizes).returncode == 0
     assert again.read_bytes() == out.read_bytes()  # seeded
 
 
