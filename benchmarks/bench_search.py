@@ -448,6 +448,29 @@ def plot(families: list[dict], path: Path) -> None:
     print(f"plot: {path}")
 
 
+def markdown(fam: dict) -> str:
+    """The family's table as docs/search.md shows it (median [25th, 75th percentile] over seeds)."""
+    lines = [
+        f"**{fam['family']}**: oracle best val **{fam['oracle_best']:.2f}** of {fam['oracle_trials']} random trials "
+        f"({fam['budget_epochs']} epochs each; test of its best {fam['oracle_test_of_best']:.2f}); random search "
+        f"without early stopping needs **{show(fam['random_reach_epochs'], 0)}** trial-epochs to reach "
+        f"{fam['oracle_best'] - fam['within']:.2f}",
+        "",
+        "| pair | trials | seeds | best val | test | epochs | s | to oracle \u22122 (seeds that got there) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in fam["rows"]:
+        lines.append(
+            f"| {r['pair'].replace('+', ' + ')} | {r['budget']} | {r['seeds']} | {show(r['best'])} | {show(r['test'])} "
+            f"| {show(r['epochs'], 0)} | {show(r['seconds'], 0)} | {show(r['reach_epochs'], 0)} "
+            f"({r['reached']} of {r['seeds']}) |"
+        )
+    lines += ["", "| epoch | Spearman \u03c1 | Kendall \u03c4 |", "|---|---|---|"]
+    lines += [f"| {a['epoch']} of {fam['budget_epochs']} | {a['spearman']:.3f} | {a['kendall']:.3f} |"
+              for a in fam["rank_agreement"]]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="emoji,demo")
@@ -464,12 +487,16 @@ def main() -> None:
     parser.add_argument("--plot", default="")
     parser.add_argument("--json", default="", help="write the table, curves and rank agreement here")
     parser.add_argument("--quick", action="store_true", help="smoke run on a shrunken demo job (< 1 min)")
-    parser.add_argument("--plot-from", default="", help="only plot: --json files of earlier runs (comma-separated)")
+    parser.add_argument("--plot-from", default="", help="only plot (--plot) and print the tables: --json files "
+                        "of earlier runs (comma-separated)")
     args = parser.parse_args()
     if args.plot_from:
         loaded = [json.loads(Path(p).read_text()) for p in args.plot_from.split(",")]
         families = [fam for one in loaded for fam in one["families"]]
-        plot(families, Path(args.plot))
+        for fam in families:
+            print(markdown(fam) + "\n")
+        if args.plot:
+            plot(families, Path(args.plot))
         return
     overrides: dict = {}
     if args.quick:

@@ -51,3 +51,19 @@ def test_quartiles_interpolate_and_keep_never_as_inf():
 def test_a_quantile_between_a_number_and_never_is_inf():
     assert bench.quartiles([3.0, math.inf]) == (math.inf, math.inf, math.inf)  # 25th: a quarter of the way to inf
     assert bench.quartiles([3.0, 3.0, 3.0, math.inf])[:2] == (3.0, 3.0)
+
+
+def test_markdown_table_shows_each_row_as_median_and_quartiles():
+    fam = {
+        "family": "demo", "oracle_best": 310.0, "oracle_trials": 12, "budget_epochs": 6, "oracle_test_of_best": 300.0,
+        "random_reach_epochs": (35.0, 17.0, 53.0), "within": 2.0,
+        "rows": [{"pair": "tpe+asha", "budget": 8, "seeds": 2, "best": (413.3, 411.3, 415.2),
+                  "test": (416.8, 416.1, 417.5), "epochs": (24.0, 20.0, 27.0), "seconds": (252.0, 170.0, 334.0),
+                  "reach_epochs": (8.0, 6.0, math.inf), "reached": 1}],
+        "rank_agreement": [{"epoch": 1, "spearman": 0.8444, "kendall": 0.6871}],
+    }
+    text = bench.markdown(fam)
+    assert "needs **35 [17, 53]** trial-epochs to reach 308.00" in text
+    assert "| tpe + asha | 8 | 2 | 413.3 [411.3, 415.2] | 416.8 [416.1, 417.5] | 24 [20, 27] | 252 [170, 334] " \
+           "| 8 [6, inf] (1 of 2) |" in text
+    assert "| 1 of 6 | 0.844 | 0.687 |" in text
